@@ -1,0 +1,1 @@
+"""Optical flow on the accelerator (TV-L1 in JAX)."""

@@ -1,0 +1,47 @@
+"""Shared test fixtures: the real test material and multi-device subprocess runs."""
+
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+DEFAULT_TESTDATA = REPO_ROOT.parent / "shared" / "testdata"
+
+
+def _testdata_path() -> pathlib.Path:
+  return pathlib.Path(os.environ.get("STA_CNN_TESTDATA", DEFAULT_TESTDATA))
+
+
+@pytest.fixture(scope="session")
+def testdata_dir() -> pathlib.Path:
+  """shared/testdata (env STA_CNN_TESTDATA). Skips when absent; under CI=true it must exist."""
+  path = _testdata_path()
+  if not (path / "README.md").is_file():
+    reason = (f"real test material not found at {path} "
+              "(set STA_CNN_TESTDATA to the shared/testdata folder)")
+    if os.environ.get("CI", "").lower() == "true":
+      pytest.fail(reason + " -- it is required under CI=true")
+    pytest.skip(reason)
+  return path
+
+
+def run_multidevice(code: str, num_devices: int = 8, timeout: float = 600) -> str:
+  """Runs `code` in a fresh Python with `num_devices` fake CPU devices; returns its stdout.
+
+  JAX fixes the device count when it initialises, so a test that needs several devices runs
+  its body in a subprocess. Fails the calling test with the child's stderr if it exits non-zero.
+  """
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                      f" --xla_force_host_platform_device_count={num_devices}").strip()
+  env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
+  proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=REPO_ROOT,
+                        capture_output=True, text=True, timeout=timeout)
+  if proc.returncode != 0:
+    pytest.fail(f"multi-device subprocess failed (rc={proc.returncode}):\n"
+                f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-8000:]}")
+  return proc.stdout
