@@ -11,6 +11,13 @@ import pytest
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_TESTDATA = REPO_ROOT.parent / "shared" / "testdata"
 
+# XLA compiles of BN-Inception dominate the suite's time on CPU: share compiled executables between
+# test files and the subprocesses they start (same shapes recur) through JAX's persistent cache.
+# Set before JAX initialises; subprocesses inherit the environment.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      str(pathlib.Path.home() / ".cache" / "sta-cnn-jax" / "jax-compilation-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "2")
+
 
 def _testdata_path() -> pathlib.Path:
   return pathlib.Path(os.environ.get("STA_CNN_TESTDATA", DEFAULT_TESTDATA))
