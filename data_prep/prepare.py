@@ -53,12 +53,12 @@ DEFAULT_SHARD_SIZE = 25
 # Time estimate: container headers of this many videos give the mean length; flow speed is
 # timed on this many frame pairs (fewer for TV-L1 on CPU, which is slow).
 ESTIMATE_SAMPLE_VIDEOS = 20
-ESTIMATE_PAIRS = {"tvl1": 2, "dis": 10, "farneback": 5, "tvl1_jax": flow_lib.TVL1_JAX_BATCH}
+ESTIMATE_PAIRS = {"tvl1": 2, "dis": 10, "farneback": 5, "tvl1_jax": 2}
 # Tasks in flight per worker (bounds memory when frames are streamed from TFDS).
 TASKS_IN_FLIGHT_PER_WORKER = 4
 SECONDS_PER_HOUR = 3600.0
-# Flow pairs computed and encoded at a time (a multiple of the tvl1_jax batch), bounding memory.
-FLOW_CHUNK = 4 * flow_lib.TVL1_JAX_BATCH
+# Flow pairs computed and encoded at a time (a multiple of every tvl1_jax batch), bounding memory.
+FLOW_CHUNK = 4 * max(flow_lib.TVL1_JAX_BATCH.values())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -467,7 +467,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("split", 1, "Official split 1, 2 or 3.")
   flags.DEFINE_string("out", None, "Output directory (shards + manifest.json).", required=True)
   flags.DEFINE_list("modalities", ["rgb", "flow"], f"Subset of {MODALITIES}.")
-  flags.DEFINE_enum("flow", "dis", sorted(flow_lib.FLOW_METHODS), "Optical flow method.")
+  flags.DEFINE_enum("flow", "auto", ["auto"] + sorted(flow_lib.FLOW_METHODS),
+                    "Optical flow method; 'auto' = tvl1_jax when JAX has a GPU/TPU, else dis.")
   flags.DEFINE_float("flow_bound", flow_lib.DEFAULT_BOUND, "Flow clipped to +-bound (px).")
   flags.DEFINE_enum("flow_format", "jpeg", flow_lib.FLOW_FORMATS, "Flow plane encoding.")
   flags.DEFINE_integer("jpeg_quality", flow_lib.DEFAULT_JPEG_QUALITY, "JPEG quality.")
@@ -489,7 +490,8 @@ def options_from_flags(flag_values: flags.FlagValues) -> PrepareOptions:
   return PrepareOptions(
       out=flag_values.out, dataset=flag_values.dataset, videos=flag_values.videos,
       splits=flag_values.splits, split=flag_values.split,
-      modalities=tuple(flag_values.modalities), flow=flag_values.flow,
+      modalities=tuple(flag_values.modalities), flow=(flow_lib.default_method() if flag_values.flow == "auto"
+                                             else flag_values.flow),
       flow_bound=flag_values.flow_bound, flow_format=flag_values.flow_format,
       jpeg_quality=flag_values.jpeg_quality, frame_width=flag_values.frame_width,
       frame_height=flag_values.frame_height, workers=flag_values.workers,

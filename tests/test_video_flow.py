@@ -194,12 +194,13 @@ def test_tvl1_jax_is_called_in_fixed_size_batches(monkeypatch):
   module = types.ModuleType("sta_cnn_jax.flow.tvl1")
   module.tvl1_flow = fake_tvl1_flow
   monkeypatch.setitem(sys.modules, "sta_cnn_jax.flow.tvl1", module)
-  n = flow_lib.TVL1_JAX_BATCH + 5
+  monkeypatch.setattr(flow_lib, "tvl1_jax_batch", lambda: 4)
+  n = 2 * 4 + 2                            # 9 frame pairs: batches of 4, 4 and 1 (padded)
   frames = np.random.default_rng(0).integers(0, 256, (n, 6, 7)).astype(np.uint8)
   field = flow_lib.compute_flow(frames, "tvl1_jax")
   diff = frames[1:].astype(np.float32) - frames[:-1]
   np.testing.assert_array_equal(field, np.stack([diff, -diff], -1))
-  assert batch_sizes == [flow_lib.TVL1_JAX_BATCH] * 2
+  assert batch_sizes == [4] * 3          # fixed batch shape: the last batch padded by repetition
 
 
 def test_flow_params_are_recorded():
