@@ -1,0 +1,385 @@
+"""Tests of sta_cnn_jax.predict on real clips (shared/testdata) with tiny exported streams.
+
+Two randomly initialised STACNN streams (RGB with spatial attention, flow) at 64 px crops of
+64x96 frames are exported with checkpoints.export_inference; the test protocol runs with 5
+segments and the centre view only. Every expected value is recomputed here with NumPy from the
+per-stream outputs (AVE, DCW Eq. 11, α = 1/H, the weighted fusion) or from independently
+computed flow (FLOW_METHODS + the TSN test-offset formula written out).
+"""
+# pylint: disable=redefined-outer-name  (pytest fixtures)
+
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import demo as demo_config
+from data_prep import flow as flow_lib
+from data_prep import video as video_lib
+from sta_cnn_jax import checkpoints
+from sta_cnn_jax import predict
+from sta_cnn_jax import train
+# jax_cache_dir is a fixture (one XLA compilation cache shared with the CLI subprocesses).
+from tests.train_utils import REPO_ROOT, cache_env, jax_cache_dir  # pylint: disable=unused-import
+
+CLASSES = ("Archery", "Basketball", "SoccerJuggling", "ApplyEyeMakeup", "wave")
+FRAME_HW = (64, 96)
+CROP = 64
+SAN_WIDTHS = (4, 4, 4, 4, 8, 8, 8, 8, 8, 8)
+SEGMENTS = 5
+DCW_TOP_K = 3
+TOP = 5
+ROWS = {"rgb": "rgb,sta_ts3x3_3x1", "flow": "flow,tam_ts3x3_3x1",
+        "warpflow": "warpflow,tam_ts3x3_3x1"}
+# Same constant as temporal.MIN_ENTROPY (α = 1/max(H, ε)), restated for the NumPy reference.
+MIN_ENTROPY = 1e-6
+# JPEG (quality 95) of a quantised flow plane: codes move by at most a few levels.
+MAX_JPEG_CODE_ERROR = 8
+SCORE_RTOL, SCORE_ATOL = 1e-5, 1e-6
+# Classifier scale of the random streams, so that segment predictions are neither one-hot (0-255
+# RGB input makes He-initialised logits huge) nor uniform: α and the DCW selection then vary.
+FC_SCALE = {"rgb": 0.02, "flow": 0.3}
+
+AVI = "videos/ucf101/v_Archery_g01_c01.avi"
+MP4 = "videos/other/mmaction2_demo.mp4"
+DIVX = "videos/hmdb51/RATRACE_wave_f_nm_np1_fr_goo_37.avi"
+
+
+def _config(modality: str, data_dir: str):
+  config = demo_config.get_config(ROWS[modality])
+  config.data_dir = data_dir
+  config.num_classes = len(CLASSES)
+  config.input.frame_size = FRAME_HW
+  config.input.crop_size = CROP
+  config.model.san_widths = SAN_WIDTHS
+  config.eval.num_segments = SEGMENTS
+  config.eval.num_views = 1
+  config.eval.dcw_top_k = DCW_TOP_K
+  return config
+
+
+def _recipe(modality: str) -> str:
+  return "rgb" if modality == "rgb" else "flow"
+
+
+def _random_variables(model, channels: int, seed: int, fc_scale: float) -> dict:
+  """He-normal kernels (classifier x fc_scale), BN identity statistics: a random STACNN without
+  compiling its init."""
+  abstract = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
+                            jax.ShapeDtypeStruct((1, CROP, CROP, channels), jnp.float32))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    names = [p.key for p in path]
+    if names[-1] in ("kernel", "w"):
+      fan_in = int(np.prod(leaf.shape[:-1]))
+      std = np.sqrt(2.0 / fan_in) * (fc_scale if "fc" in names else 1.0)
+      return rng.normal(0.0, std, leaf.shape).astype(leaf.dtype)
+    if names[-1] in ("scale", "var"):
+      return np.ones(leaf.shape, leaf.dtype)
+    return np.zeros(leaf.shape, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
+def _write_manifest(folder, classes=CLASSES):
+  folder.mkdir(parents=True, exist_ok=True)
+  (folder / "manifest.json").write_text(json.dumps({
+      "classes": list(classes), "frame_size": list(FRAME_HW),
+      "rgb": {"format": "jpeg", "quality": 95},
+      "flow": {"method": "dis", "bound": 20.0, "format": "jpeg", "quality": 95}}))
+  return str(folder)
+
+
+def _export(root, modality: str, data_dir: str, seed: int) -> str:
+  config = _config(modality, data_dir)
+  model = train.create_model(config, len(CLASSES))
+  channels = 6 if modality == "rgb" else 10
+  variables = _random_variables(model, channels, seed, FC_SCALE[_recipe(modality)])
+  return checkpoints.export_inference(variables, config,
+                                      str(root / f"export_{modality}"))
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory, jax_cache_dir):
+  del jax_cache_dir  # compiled programs are shared with the CLI subprocesses
+  root = tmp_path_factory.mktemp("predict")
+  data_dir = _write_manifest(root / "data")
+  return {"rgb": _export(root, "rgb", data_dir, seed=1),
+          "flow": _export(root, "flow", data_dir, seed=2), "root": root}
+
+
+@pytest.fixture(scope="module")
+def streams(exports):
+  return [predict.load_stream(exports["rgb"]), predict.load_stream(exports["flow"])]
+
+
+# ---------------------------------------------------------------------------------------------
+# NumPy references.
+# ---------------------------------------------------------------------------------------------
+
+
+def _np_alpha(probs):
+  safe = np.where(probs > 0, probs, 1.0)
+  entropy = -np.sum(np.where(probs > 0, probs * np.log(safe), 0.0), axis=-1)
+  return 1.0 / np.maximum(entropy, MIN_ENTROPY)
+
+
+def _np_scores(probs, top_k):
+  """AVE and normalised DCW (Eq. 11) of (S, C) segment probabilities."""
+  alpha = _np_alpha(probs.astype(np.float64))
+  keep = np.argsort(-alpha, kind="stable")[:min(top_k, len(probs))]
+  dcw = (alpha[keep, None] * probs[keep]).sum(0)
+  return {"ave": probs.mean(0), "dcw": dcw / dcw.sum()}, alpha, keep
+
+
+def _np_test_indices(num_frames, frames_per_snippet, new_length):
+  """tsn-pytorch _get_test_indices + consecutive frames clamped to n - 1, written out."""
+  tick = (num_frames - new_length + 1) / float(SEGMENTS)
+  offsets = np.array([max(int(tick / 2.0 + tick * k), 0) for k in range(SEGMENTS)])
+  return np.minimum(offsets[:, None] + np.arange(frames_per_snippet)[None], num_frames - 1)
+
+
+def _centre(x):
+  """Centre CROP x CROP of (..., H, W, C) (torchvision CenterCrop: round((side - crop) / 2))."""
+  y0 = int(round((x.shape[-3] - CROP) / 2))
+  x0 = int(round((x.shape[-2] - CROP) / 2))
+  return x[..., y0:y0 + CROP, x0:x0 + CROP, :]
+
+
+def _interleave(planes):
+  """(S*T, h, w, Cf) -> (S, h, w, T*Cf), frame-major channels (x0, y0, x1, y1, ...)."""
+  st, h, w, cf = planes.shape
+  t = st // SEGMENTS
+  return planes.reshape(SEGMENTS, t, h, w, cf).transpose(0, 2, 3, 1, 4).reshape(
+      SEGMENTS, h, w, t * cf)
+
+
+def _reference_flow(path):
+  frames = video_lib.read_video(path, width=FRAME_HW[1], height=FRAME_HW[0])
+  grey = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
+  fields = _np_test_indices(len(frames) - 1, 5, 5).reshape(-1)
+  return flow_lib.FLOW_METHODS["dis"](grey[fields], grey[fields + 1]), frames
+
+
+def _assert_png(path):
+  with open(path, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n", path
+  image = cv2.imread(path)
+  assert image is not None and image.shape[0] > 50 and image.shape[1] > 50, path
+  assert image.std() > 10 and len(np.unique(image.reshape(-1, 3), axis=0)) > 50, (
+      f"{path} looks blank")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tests.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_flow_codes_are_the_quantised_flow():
+  # A smooth field (like real flow) reaching beyond ±bound: clipping is exercised.
+  yy, xx = np.mgrid[0:32, 0:48].astype(np.float32)
+  flow = np.stack([25.0 * np.sin(xx / 9.0 + k) * np.cos(yy / 11.0) for k in range(6)])
+  flow = flow.reshape(3, 2, 32, 48).transpose(0, 2, 3, 1).astype(np.float32)  # (3, 32, 48, 2)
+  quantised = flow_lib.quantize_flow(flow, 20.0)
+  assert quantised.min() == 0 and quantised.max() == 255
+  png = predict.flow_codes(flow, predict.ShardCodec(flow_format="png"))
+  np.testing.assert_array_equal(flow_lib.dequantize_flow(png, 20.0),
+                                flow_lib.dequantize_flow(quantised, 20.0))
+  # JPEG q95 (the shards' default): what OpenCV decodes from the planes the shards would hold.
+  jpeg = predict.flow_codes(flow, predict.ShardCodec())
+  xs, ys = flow_lib.encode_flow_planes(flow, 20.0, "jpeg", 95)
+  expected = np.stack([np.stack([flow_lib.decode_image(x, grayscale=True),
+                                 flow_lib.decode_image(y, grayscale=True)], axis=-1)
+                       for x, y in zip(xs, ys)])
+  np.testing.assert_array_equal(jpeg, expected)
+  assert np.abs(jpeg.astype(int) - quantised.astype(int)).max() <= MAX_JPEG_CODE_ERROR
+
+
+@pytest.mark.parametrize("clip, codec, figures", [
+    (AVI, None, False),                                          # Xvid, manifest codec (JPEG)
+    (MP4, predict.ShardCodec(flow_format="png"), True),          # H.264, lossless flow planes
+    (DIVX, None, False),                                         # DivX, 560x240 source
+])
+def test_predict_real_clip(testdata_dir, streams, exports, tmp_path, clip, codec, figures):
+  path = str(testdata_dir / clip)
+  weights = [1.0, 1.5]
+  result = predict.predict_video(path, streams, weights, "dis", top=TOP, codec=codec,
+                                 figures_dir=str(tmp_path) if figures else None,
+                                 return_inputs=True)
+  assert result["classes"] == list(CLASSES)
+  rgb, flow = result["streams"]
+  assert (rgb["modality"], flow["modality"]) == ("rgb", "flow")
+  assert rgb["class_source"].endswith("manifest.json")
+
+  # Per stream: p(s_n) rows are distributions; AVE, DCW and α match the NumPy reference.
+  for stream in (rgb, flow):
+    probs = stream["segment_probs"]
+    assert probs.shape == (SEGMENTS, len(CLASSES))
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+    assert probs.max() < 0.999 and np.ptp(stream["alpha"]) > 0  # a non-degenerate check
+    scores, alpha, keep = _np_scores(probs, DCW_TOP_K)
+    np.testing.assert_allclose(stream["alpha"], alpha, rtol=1e-4)
+    np.testing.assert_array_equal(np.flatnonzero(stream["selected"]), np.sort(keep))
+    for method in ("ave", "dcw"):
+      np.testing.assert_allclose(stream["scores"][method], scores[method], rtol=SCORE_RTOL,
+                                 atol=SCORE_ATOL)
+  # Fused = Σ w s / Σ w of the stream scores.
+  for method in ("ave", "dcw"):
+    expected = (weights[0] * _np_scores(rgb["segment_probs"], DCW_TOP_K)[0][method]
+                + weights[1] * _np_scores(flow["segment_probs"], DCW_TOP_K)[0][method])
+    expected = expected / sum(weights)
+    np.testing.assert_allclose(result["scores"][method], expected, rtol=SCORE_RTOL,
+                               atol=SCORE_ATOL)
+    # Top-5: the 5 largest fused scores, best first, summing to at most 1.
+    top = result["top"][method]
+    assert [e["rank"] for e in top] == list(range(1, TOP + 1))
+    np.testing.assert_array_equal([e["index"] for e in top], np.argsort(-expected)[:TOP])
+    np.testing.assert_allclose([e["score"] for e in top], np.sort(expected)[::-1][:TOP],
+                               rtol=SCORE_RTOL, atol=SCORE_ATOL)
+    assert [e["class"] for e in top] == [CLASSES[e["index"]] for e in top]
+    assert sum(e["score"] for e in top) <= 1.0 + 1e-6
+    for stream in (rgb, flow):
+      assert sum(e["score"] for e in stream["top"][method]) <= 1.0 + 1e-6
+
+  # The flow stream's input is the shards' encoding of the (independently computed) DIS flow.
+  reference, frames = _reference_flow(path)
+  inputs = flow["inputs"]  # (S, V=1, 64, 64, 10) uint8
+  assert inputs.shape == (SEGMENTS, 1, CROP, CROP, 10) and inputs.dtype == np.uint8
+  expected_codes = _interleave(_centre(predict.flow_codes(reference, codec or streams[1].codec)))
+  np.testing.assert_array_equal(inputs[:, 0], expected_codes)
+  quantised = _interleave(_centre(flow_lib.quantize_flow(reference, 20.0)))
+  if codec is not None:  # lossless planes: the network sees dequantise(quantise(flow)) exactly
+    np.testing.assert_array_equal(flow_lib.dequantize_flow(inputs[:, 0], 20.0),
+                                  flow_lib.dequantize_flow(quantised, 20.0))
+  else:
+    assert np.abs(inputs[:, 0].astype(int) - quantised.astype(int)).max() <= MAX_JPEG_CODE_ERROR
+
+  # RGB snippets: frames t and t+1 at each segment's centre, JPEG q95 as in the shards (OpenCV
+  # decodes them here; TF's accurate IDCT in the pipeline gives the same pixels), centre crop.
+  rgb_indices = _np_test_indices(len(frames), 2, 1)
+  np.testing.assert_array_equal(rgb["frame_indices"], rgb_indices)
+  stored = np.stack([flow_lib.decode_image(flow_lib.encode_image(f, "jpeg", 95))
+                     for f in frames[rgb_indices.reshape(-1)]])  # as the shards hold them
+  np.testing.assert_array_equal(rgb["inputs"][:, 0], _interleave(_centre(stored)))
+  assert rgb["attention"].shape == (SEGMENTS, 2, 2) and flow["attention"] is None
+
+  if figures:
+    names = sorted(os.path.basename(p) for p in result["figures"])
+    stem = os.path.splitext(os.path.basename(clip))[0]
+    assert names == sorted([f"{stem}_rgb_confidence.png", f"{stem}_rgb_attention.png",
+                            f"{stem}_flow_confidence.png"])
+    for figure in result["figures"]:
+      _assert_png(figure)
+
+
+@pytest.mark.parametrize("warped", [False, True])
+def test_selected_flow_equals_whole_video_flow(testdata_dir, warped):
+  frames = video_lib.read_video(testdata_dir / AVI, width=FRAME_HW[1], height=FRAME_HW[0])[:24]
+  grey = flow_lib.to_gray(frames)
+  fields = [0, 1, 2, 7, 8, 15, 22]  # runs of consecutive fields and single ones (22 = last)
+  got, fallbacks = predict.selected_flow(grey, fields, "dis", warped)
+  if warped:
+    whole, whole_fallbacks = flow_lib.compute_warped_flow(grey, "dis")
+    assert fallbacks <= whole_fallbacks
+  else:
+    whole = flow_lib.compute_flow(grey, "dis")
+  assert sorted(got) == fields
+  for t in fields:
+    np.testing.assert_array_equal(got[t], whole[t])
+
+
+def test_three_streams_default_tsn_weights(testdata_dir, exports, streams):
+  warp = predict.load_stream(_export(exports["root"], "warpflow", str(exports["root"] / "data"),
+                                     seed=4))
+  result = predict.predict_video(testdata_dir / MP4, streams + [warp], top=TOP)
+  assert result["weights"] == [1.0, 1.5, 1.0]  # TSN RGB : flow : warped flow
+  assert [s["modality"] for s in result["streams"]] == ["rgb", "flow", "warpflow"]
+  for method in ("ave", "dcw"):
+    expected = sum(w * _np_scores(s["segment_probs"], DCW_TOP_K)[0][method]
+                   for w, s in zip((1.0, 1.5, 1.0), result["streams"])) / 3.5
+    np.testing.assert_allclose(result["scores"][method], expected, rtol=SCORE_RTOL,
+                               atol=SCORE_ATOL)
+
+
+def test_truncated_video_is_kept_with_a_warning(testdata_dir, streams):
+  path = testdata_dir / "bad" / "truncated_30pct_v_Archery_g01_c01.avi"
+  result = predict.predict_video(path, streams)
+  assert result["num_frames"] == 40  # testdata README §5
+  assert any("header" in w for w in result["warnings"])
+  assert result["weights"] == [1.0, 1.5]  # TSN default RGB : flow
+
+
+@pytest.mark.parametrize("name", ["empty.avi", "text_renamed.mp4",
+                                  "truncated_30pct_mmaction2_demo.mp4"])
+def test_corrupt_video_names_the_file(testdata_dir, streams, name):
+  path = str(testdata_dir / "bad" / name)
+  with pytest.raises(video_lib.VideoError) as error:
+    predict.predict_video(path, streams)
+  assert path in str(error.value)
+
+
+def test_checkpoint_without_export(tmp_path, streams):
+  with pytest.raises(predict.PredictError) as error:
+    predict.predict_video("unused.avi", [str(tmp_path)])
+  message = str(error.value)
+  assert str(tmp_path) in message and "config.json" in message and "variables" in message
+
+
+def test_streams_with_other_classes_refuse_to_fuse(exports, streams, tmp_path):
+  other_classes = CLASSES[:3] + ("Biking", "Diving")
+  other = _export(tmp_path, "flow", _write_manifest(tmp_path / "other", other_classes), seed=3)
+  with pytest.raises(predict.PredictError, match="different class lists") as error:
+    predict.predict_video("unused.avi", [streams[0], other])
+  assert "'ApplyEyeMakeup' vs 'Biking'" in str(error.value)
+  with pytest.raises(predict.PredictError, match="3 class names"):
+    predict.load_stream(exports["flow"], class_names=CLASSES[:3])
+
+
+def test_read_class_names(tmp_path):
+  plain = tmp_path / "names.txt"
+  plain.write_text("kick_ball  \npunch\r\n\nsomersault   ")  # HMDB51 class_list.txt quirks
+  assert predict.read_class_names(str(plain)) == ["kick_ball", "punch", "somersault"]
+  indexed = tmp_path / "classInd.txt"
+  indexed.write_text("1 ApplyEyeMakeup\r\n2 ApplyLipstick\r\n")  # UCF101 classInd.txt
+  assert predict.read_class_names(str(indexed)) == ["ApplyEyeMakeup", "ApplyLipstick"]
+
+
+def _run_cli(args, jax_cache):
+  env = dict(os.environ, **cache_env(jax_cache))
+  env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
+  return subprocess.run([sys.executable, "-m", "sta_cnn_jax.predict"] + args, env=env,
+                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_cli_prints_top5_table(testdata_dir, exports, streams, tmp_path, jax_cache_dir):
+  video = str(testdata_dir / AVI)
+  out_json = tmp_path / "result.json"
+  proc = _run_cli([f"--video={video}", f"--checkpoint={exports['rgb']},{exports['flow']}",
+                   "--weights=1,1.5", "--flow=dis", f"--top={TOP}", f"--json={out_json}"],
+                  jax_cache_dir)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  lines = proc.stdout.splitlines()
+  header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["rank", "DCW", "class"])
+  rows = [line.split() for line in lines[header + 1:header + 1 + TOP]]
+  assert [r[0] for r in rows] == [str(i) for i in range(1, TOP + 1)]
+  # Same ranking and scores as the in-process prediction of the same video.
+  expected = predict.predict_video(video, streams, [1.0, 1.5], "dis", top=TOP)
+  for row, dcw, ave in zip(rows, expected["top"]["dcw"], expected["top"]["ave"]):
+    assert row[1:] == [dcw["class"], f"{dcw['score']:.4f}", ave["class"], f"{ave['score']:.4f}"]
+  saved = json.loads(out_json.read_text())
+  assert [e["class"] for e in saved["top"]["dcw"]] == [e["class"] for e in expected["top"]["dcw"]]
+
+
+def test_cli_corrupt_video_exits_with_the_file_name(testdata_dir, exports, jax_cache_dir):
+  video = str(testdata_dir / "bad" / "truncated_30pct_mmaction2_demo.mp4")
+  proc = _run_cli([f"--video={video}", f"--checkpoint={exports['rgb']}"], jax_cache_dir)
+  assert proc.returncode != 0
+  assert video in proc.stderr and "Traceback" not in proc.stderr
