@@ -694,18 +694,20 @@ def convert_file(kind: str, input_path, output_path, num_classes: Optional[int] 
 # ----------------------------------------------------------------------------------------------
 # CLI.
 # ----------------------------------------------------------------------------------------------
-flags.DEFINE_enum('kind', None, list(KINDS), 'Which published weights the input holds.')
-flags.DEFINE_string('input', None, 'State dict: .npz, or .pth/.pt/.pth.tar with torch installed.')
-flags.DEFINE_string('output', None, 'OUT.npz, or a directory path for an Orbax checkpoint.')
-flags.DEFINE_integer('num_classes', None, 'With --nodrop_fc: required classifier size.')
-flags.DEFINE_bool('drop_fc', True, 'Leave out the ImageNet classifier (BN-Inception).')
-flags.DEFINE_integer('in_channels', None,
-                     'conv1 input channels (10 = flow: TSN cross-modality init). Default: stored.')
-flags.DEFINE_enum('input_space', 'BGR', ['BGR', 'RGB'],
-                  'RGB reverses conv1 colour axis so the ACN takes RGB (BN-Inception only).')
-flags.DEFINE_enum('san_input', 'flownets', sorted(SAN_INPUTS),
-                  'FlowNetS only: normalisation the SAN will receive; "bninception" rewrites conv1 '
-                  'for the ACN\'s BGR 0-255 minus [104, 117, 128] input (RGB stream shares it).')
+def define_flags() -> None:
+  """CLI flags, defined only when run as a program (importers keep their own flags)."""
+  flags.DEFINE_enum('kind', None, list(KINDS), 'Which published weights the input holds.')
+  flags.DEFINE_string('input', None, 'State dict: .npz, or .pth/.pt/.pth.tar with torch installed.')
+  flags.DEFINE_string('output', None, 'OUT.npz, or a directory path for an Orbax checkpoint.')
+  flags.DEFINE_integer('num_classes', None, 'With --nodrop_fc: required classifier size.')
+  flags.DEFINE_bool('drop_fc', True, 'Leave out the ImageNet classifier (BN-Inception).')
+  flags.DEFINE_integer('in_channels', None,
+                       'conv1 input channels (10 = flow: TSN cross-modality init). Default: stored.')
+  flags.DEFINE_enum('input_space', 'BGR', ['BGR', 'RGB'],
+                    'RGB reverses conv1 colour axis so the ACN takes RGB (BN-Inception only).')
+  flags.DEFINE_enum('san_input', 'flownets', sorted(SAN_INPUTS),
+                    'FlowNetS only: normalisation the SAN will receive; "bninception" rewrites conv1 '
+                    'for the ACN\'s BGR 0-255 minus [104, 117, 128] input (RGB stream shares it).')
 
 
 def main(argv: Sequence[str]) -> None:
@@ -723,5 +725,6 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
+  define_flags()
   flags.mark_flags_as_required(['kind', 'input', 'output'])
   app.run(main)

@@ -26,11 +26,15 @@ METHODS = ("ave", "dcw")
 # TSN's fusion weights RGB : flow (: warped flow); configurable with --weights.
 DEFAULT_WEIGHTS = (1.0, 1.5, 1.0)
 
-_SCORES = flags.DEFINE_list("scores", [], "Workdirs or eval_scores.npz files, one per stream.")
-_SPLITS = flags.DEFINE_multi_string(
-    "split", [], "NAME:path,path[,path] — one split's streams; repeat for several splits.")
-_WEIGHTS = flags.DEFINE_list("weights", None, "Fusion weight per stream (default TSN 1,1.5,1).")
-_OUT = flags.DEFINE_string("out", "", "Optional JSON file for the report.")
+
+
+def define_flags() -> None:
+  """CLI flags, defined only when run as a program (importers keep their own flags)."""
+  flags.DEFINE_list("scores", [], "Workdirs or eval_scores.npz files, one per stream.")
+  flags.DEFINE_multi_string(
+      "split", [], "NAME:path,path[,path] — one split's streams; repeat for several splits.")
+  flags.DEFINE_list("weights", None, "Fusion weight per stream (default TSN 1,1.5,1).")
+  flags.DEFINE_string("out", "", "Optional JSON file for the report.")
 
 
 def load_scores(path: str) -> dict:
@@ -115,17 +119,18 @@ def _parse_splits(split_flags: Sequence[str], scores: Sequence[str]) -> dict[str
 
 def main(argv):
   del argv
-  splits = _parse_splits(_SPLITS.value, _SCORES.value)
+  f = flags.FLAGS
+  splits = _parse_splits(f.split, f.scores)
   num_streams = len(next(iter(splits.values())))
-  weights = ([float(w) for w in _WEIGHTS.value] if _WEIGHTS.value
-             else list(DEFAULT_WEIGHTS[:num_streams]))
+  weights = [float(w) for w in f.weights] if f.weights else list(DEFAULT_WEIGHTS[:num_streams])
   reports = {name: fusion_report(paths, weights) for name, paths in splits.items()}
   print(format_report(reports))
-  if _OUT.value:
-    with open(_OUT.value, "w") as f:
+  if f.out:
+    with open(f.out, "w") as out:
       json.dump({"splits": reports,
-                 "mean": mean_over_splits(reports) if len(reports) > 1 else None}, f, indent=2)
+                 "mean": mean_over_splits(reports) if len(reports) > 1 else None}, out, indent=2)
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

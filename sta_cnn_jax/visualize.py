@@ -396,10 +396,12 @@ def figures_from_scores(scores_path, out_dir, num_videos: int = 4,
   return paths
 
 
-flags.DEFINE_string('scores', None, 'eval_scores.npz written by sta_cnn_jax.evaluate.')
-flags.DEFINE_string('sweep', None, 'JSON list of {row, top, accuracy_dcw, accuracy_ave}.')
-flags.DEFINE_string('out', None, 'Output folder for the PNG figures.')
-flags.DEFINE_integer('num_videos', 4, 'Videos of --scores to draw.')
+def define_flags() -> None:
+  """CLI flags, defined only when run as a program (importers keep their own flags)."""
+  flags.DEFINE_string('scores', None, 'eval_scores.npz written by sta_cnn_jax.evaluate.')
+  flags.DEFINE_string('sweep', None, 'JSON list of {row, top, accuracy_dcw, accuracy_ave}.')
+  flags.DEFINE_string('out', None, 'Output folder for the PNG figures.')
+  flags.DEFINE_integer('num_videos', 4, 'Videos of --scores to draw.')
 
 
 def main(argv: Sequence[str]) -> None:
@@ -422,4 +424,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
