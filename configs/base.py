@@ -1,0 +1,228 @@
+"""Shared STA-CNN training recipe (paper §4.1, TSN where the paper is silent; DESIGN.md §1).
+
+Every hyper-parameter the code reads is named here. Dataset files (ucf101.py, hmdb51.py, demo.py)
+call `get_base_config(modality)` and `apply_row(config, row)`; a config is selected on the command
+line as `--config=configs/ucf101.py:<modality>,<row>`, e.g. `configs/ucf101.py:rgb,sta_ts3x3_3x1`.
+
+Rows (Tables 1-3, Fig. 6 of the paper). `N` = temporal.num_segments, `M` =
+temporal.snippets_per_segment, `top_n` = temporal.top_n (top_m when M > 1):
+
+  baseline        BN-Inception, TS(1, 1): one snippet per video, no attention.
+  tsn3            TSN: N = 3, averaged logits (segmental consensus), no attention.
+  tam_ts<N>_<k>   TAM-TS(N, k): N segments, the k most confident snippets get gradient (Alg. 1).
+  tam_ts3x3_3x<k> TAM-TS(3×3, 3×k): 3 segments × 3 snippets, top-k inside each segment.
+  sam_cnn1        SAM-CNN1: N = 1, spatial attention + auxiliary loss (Eq. 10).
+  sam_cnn2        SAM-CNN2: N = 3 averaged, spatial attention, no auxiliary loss.
+  sam_cnn3        SAM-CNN3: N = 3 averaged, spatial attention + auxiliary loss.
+  sta_ts6_1, sta_ts9_3, sta_ts3x3_3x1   STA-CNN: both attentions (+ auxiliary loss).
+"""
+
+import ml_collections
+
+MODALITIES = ('rgb', 'flow', 'warpflow')
+
+# name -> (N segments, M snippets per segment, top_n (top_m if M > 1), consensus,
+#          spatial attention, auxiliary classifier, paper name)
+ROWS = {
+    'baseline': (1, 1, 1, 'average', False, False, 'BN-Inception TS(1,1)'),
+    'tsn3': (3, 1, 3, 'average', False, False, 'TSN N=3 (average)'),
+    'tam_ts3_1': (3, 1, 1, 'tam', False, False, 'TAM-TS(3,1)'),
+    'tam_ts6_1': (6, 1, 1, 'tam', False, False, 'TAM-TS(6,1)'),
+    'tam_ts9_1': (9, 1, 1, 'tam', False, False, 'TAM-TS(9,1)'),
+    'tam_ts9_3': (9, 1, 3, 'tam', False, False, 'TAM-TS(9,3)'),
+    'tam_ts9_6': (9, 1, 6, 'tam', False, False, 'TAM-TS(9,6)'),
+    'tam_ts9_9': (9, 1, 9, 'tam', False, False, 'TAM-TS(9,9)'),
+    'tam_ts3x3_3x1': (3, 3, 1, 'tam', False, False, 'TAM-TS(3x3,3x1)'),
+    'tam_ts3x3_3x2': (3, 3, 2, 'tam', False, False, 'TAM-TS(3x3,3x2)'),
+    'tam_ts3x3_3x3': (3, 3, 3, 'tam', False, False, 'TAM-TS(3x3,3x3)'),
+    'sam_cnn1': (1, 1, 1, 'average', True, True, 'SAM-CNN1'),
+    'sam_cnn2': (3, 1, 3, 'average', True, False, 'SAM-CNN2'),
+    'sam_cnn3': (3, 1, 3, 'average', True, True, 'SAM-CNN3'),
+    'sta_ts6_1': (6, 1, 1, 'tam', True, True, 'STA-TS(6,1)'),
+    'sta_ts9_3': (9, 1, 3, 'tam', True, True, 'STA-TS(9,3)'),
+    'sta_ts3x3_3x1': (3, 3, 1, 'tam', True, True, 'STA-TS(3x3,3x1)'),
+}
+
+# Paper §4.1 (RGB: lr 1e-3 ÷10 every 20 epochs, 50 epochs; flow: lr 5e-3 ÷10 every 120 epochs,
+# 300 epochs); TSN: dropout 0.8 RGB / 0.7 flow, Caffe gradient clip 40 RGB / 20 flow.
+_RECIPE = {
+    'rgb': dict(learning_rate=1e-3, lr_decay_epochs=20, num_epochs=50, dropout_rate=0.8,
+                grad_clip_norm=40.0),
+    'flow': dict(learning_rate=5e-3, lr_decay_epochs=120, num_epochs=300, dropout_rate=0.7,
+                 grad_clip_norm=20.0),
+}
+
+# TSN multi-scale crop scales (tsn-pytorch GroupMultiScaleCrop): RGB and flow.
+_SCALES = {'rgb': (1.0, 0.875, 0.75, 0.66), 'flow': (1.0, 0.875, 0.75)}
+
+# Caffe BN-Inception (TSN model zoo) input: BGR, 0-255, mean [104, 117, 128], no std; flow mean 128.
+_MEAN = {'rgb': (104.0, 117.0, 128.0), 'flow': (128.0,)}
+_STD = {'rgb': (1.0, 1.0, 1.0), 'flow': (1.0,)}
+
+
+def _recipe_key(modality: str) -> str:
+  return 'rgb' if modality == 'rgb' else 'flow'
+
+
+def parse_arg(arg: str, default_modality: str = 'rgb') -> tuple[str, str]:
+  """'<modality>,<row>' (or just '<row>') -> (modality, row); ValueError names what is allowed."""
+  parts = [p.strip() for p in (arg or '').split(',') if p.strip()]
+  if len(parts) == 1:
+    parts = [default_modality] + parts
+  if len(parts) != 2:
+    raise ValueError(f"config argument {arg!r}: expected '<modality>,<row>' with modality in "
+                     f"{MODALITIES} and row in {sorted(ROWS)}")
+  modality, row = parts
+  if modality not in MODALITIES:
+    raise ValueError(f"config argument {arg!r}: unknown modality {modality!r}; "
+                     f"expected one of {MODALITIES}")
+  if row not in ROWS:
+    raise ValueError(f"config argument {arg!r}: unknown row {row!r}; expected one of {sorted(ROWS)}")
+  return modality, row
+
+
+def get_base_config(modality: str = 'rgb') -> ml_collections.ConfigDict:
+  """The shared recipe for one stream; dataset files fill in the dataset fields."""
+  if modality not in MODALITIES:
+    raise ValueError(f'unknown modality {modality!r}; expected one of {MODALITIES}')
+  recipe = _RECIPE[_recipe_key(modality)]
+  config = ml_collections.ConfigDict()
+
+  # Dataset (TFRecord shards written by data_prep, see CONTRACT.md).
+  config.dataset = ''
+  config.data_dir = ''               # folder holding manifest.json and <split>-*.tfrecord
+  config.split = 1                   # official split 1-3 (recorded; the shards hold one split)
+  config.train_split = 'train'
+  config.eval_split = 'test'
+  config.num_classes = -1            # -1: read from manifest.json
+  config.modality = modality
+  config.row = ''
+  config.row_name = ''               # paper name of the row, e.g. 'STA-TS(3x3,3x1)'
+
+  # Model (models.STACNN).
+  config.model = ml_collections.ConfigDict()
+  config.model.spatial_attention = False
+  config.model.aux_classifier = False
+  config.model.dropout_rate = recipe['dropout_rate']
+  config.model.partial_bn = True     # TSN: only the first BN trains (batch statistics)
+  config.model.san_widths = ml_collections.FieldReference(None, field_type=tuple)  # None = FlowNetS
+  config.model.wsp_normalisation = 'softmax'   # Eq. 9: 'softmax' (DESIGN §1) or 'paper' (1/K²)
+  config.model.sync_batch_norm = True          # BN statistics averaged over the 'batch' axis
+
+  # Temporal attention (§3.1, Algorithm 1).
+  config.temporal = ml_collections.ConfigDict()
+  config.temporal.num_segments = 1             # N
+  config.temporal.snippets_per_segment = 1     # M
+  config.temporal.top_n = 1                    # top_n, or top_m per segment when M > 1
+  config.temporal.consensus = 'average'        # 'tam' (Alg. 1) | 'average' (TSN averaged logits)
+  config.temporal.tam_backward = 'masked'      # 'masked': literal Algorithm 1 (masked loss)
+
+  # Loss (Eq. 10).
+  config.aux_loss_weight = 0.5                 # λ; not given in the paper
+
+  # Optimiser (§4.1): SGD momentum, weight decay (not on biases / BN), piecewise-constant lr.
+  config.batch_size = 128                      # global, videos
+  config.learning_rate = recipe['learning_rate']
+  config.lr_decay_epochs = recipe['lr_decay_epochs']
+  config.lr_decay_factor = 0.1
+  config.num_epochs = recipe['num_epochs']
+  config.num_train_steps = -1                  # -1: num_epochs * steps_per_epoch
+  config.steps_per_epoch = -1                  # -1: num train videos // batch_size
+  config.momentum = 0.9
+  config.weight_decay = 5e-4
+  config.grad_clip_norm = recipe['grad_clip_norm']
+
+  # Input (DESIGN §3); frame_size is (H, W).
+  config.input = ml_collections.ConfigDict()
+  # TSN's fixed augmentation choices (max aspect distortion 1, the 13 fixed crop offsets,
+  # horizontal flip, snippet lengths) are constants of sta_cnn_jax/augment.py and sampling.py.
+  config.input.frame_size = (256, 340)         # what data_prep resizes to; checked vs manifest
+  config.input.crop_size = 224
+  config.input.scales = _SCALES[_recipe_key(modality)]
+  config.input.mean = _MEAN[_recipe_key(modality)]
+  config.input.std = _STD[_recipe_key(modality)]
+  config.input.bgr = modality == 'rgb'
+  config.input.shuffle_buffer = 512
+  config.input.prefetch_to_device = 2
+
+  # Evaluation (§4.1 Test, Eq. 11).
+  config.eval = ml_collections.ConfigDict()
+  config.eval.num_segments = 25
+  config.eval.num_views = 10
+  config.eval.dcw_top_k = 15
+  config.eval.batch_size = 8                    # global, videos
+  config.eval.at_end = True
+
+  # Parallelism and precision (DESIGN §2).
+  config.parallel = 'pmap'                      # 'pmap' | 'shard_map'
+  config.dtype = 'float32'                      # 'float32' | 'bfloat16' (compute; params stay fp32)
+
+  # Checkpoints (Orbax).
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.every_steps = 1000
+  config.checkpoint.keep = 3
+  config.checkpoint.async_save = True
+
+  config.log_every_steps = 50
+  config.seed = 0
+
+  # Initialisation.
+  config.init = ml_collections.ConfigDict()
+  config.init.acn_weights = ''                  # converted ImageNet BN-Inception ('' = random)
+  config.init.san_weights = ''                  # --mode=pretrain_san checkpoint dir ('' = none)
+  config.init.cross_modality = True             # flow conv1 = mean of RGB conv1 over channels
+
+  # SAN + Expanded Part pre-training on flow targets (Eq. 3-4), --mode=pretrain_san.
+  # FlowNet (Dosovitskiy et al. 2015): Adam, lr 1e-4, weight decay 4e-4.
+  config.san_pretrain = ml_collections.ConfigDict()
+  config.san_pretrain.learning_rate = 1e-4
+  config.san_pretrain.weight_decay = 4e-4
+  config.san_pretrain.b1 = 0.9
+  config.san_pretrain.b2 = 0.999
+  config.san_pretrain.num_steps = 100_000
+  config.san_pretrain.lr_decay_steps = 50_000   # lr halved every this many steps
+  config.san_pretrain.lr_decay_factor = 0.5
+  config.san_pretrain.batch_size = 8            # global, videos (each gives N snippets)
+  config.san_pretrain.num_segments = 4          # snippets per video for pre-training
+  config.san_pretrain.relaxation = 0.1353352832366127   # e^-2 (Eq. 4)
+  config.san_pretrain.flow_stream = 'flow'      # which flow in the shards is the target
+  config.san_pretrain.checkpoint_every_steps = 5000
+  return config
+
+
+def apply_row(config: ml_collections.ConfigDict, row: str) -> ml_collections.ConfigDict:
+  """Sets the temporal strategy and attention switches of a table row (see module docstring)."""
+  if row not in ROWS:
+    raise ValueError(f'unknown row {row!r}; expected one of {sorted(ROWS)}')
+  n, m, top_n, consensus, spatial, aux, name = ROWS[row]
+  config.row = row
+  config.row_name = name
+  config.temporal.num_segments = n
+  config.temporal.snippets_per_segment = m
+  config.temporal.top_n = top_n
+  config.temporal.consensus = consensus
+  config.model.spatial_attention = spatial
+  config.model.aux_classifier = aux
+  return config
+
+
+def num_snippets(config: ml_collections.ConfigDict) -> int:
+  """S = N * M snippets per training video."""
+  return config.temporal.num_segments * config.temporal.snippets_per_segment
+
+
+def flat_hparams(config: ml_collections.ConfigDict) -> dict:
+  """{'a.b': value} with TensorBoard-friendly scalar values (others as strings)."""
+  out = {}
+
+  def visit(prefix, node):
+    for key, value in node.items():
+      name = f'{prefix}{key}'
+      if isinstance(value, ml_collections.ConfigDict):
+        visit(name + '.', value)
+      elif isinstance(value, (bool, int, float, str)):
+        out[name] = value
+      else:
+        out[name] = str(value)
+  visit('', config)
+  return out

@@ -1,0 +1,20 @@
+"""UCF101 (101 classes), split 1 by default: `--config=configs/ucf101.py:<modality>,<row>`.
+
+E.g. `configs/ucf101.py:rgb,sta_ts3x3_3x1` or `configs/ucf101.py:flow,tam_ts9_3`; rows and the
+shared recipe are in configs/base.py.
+"""
+
+import ml_collections
+
+from configs import base
+
+NUM_CLASSES = 101  # UCF101 classInd.txt
+
+
+def get_config(arg: str = 'rgb,sta_ts3x3_3x1') -> ml_collections.ConfigDict:
+  modality, row = base.parse_arg(arg)
+  config = base.get_base_config(modality)
+  config.dataset = 'ucf101'
+  config.num_classes = NUM_CLASSES
+  config.data_dir = 'data/ucf101_split1'
+  return base.apply_row(config, row)

@@ -1,0 +1,230 @@
+"""Checkpoints: Orbax manager for {state, rng, step}, shape-checked resume, inference export,
+and grafting of pretrained weights (ImageNet BN-Inception into 'acn', a pretrained SAN into
+'san').
+
+Layout of a training workdir:
+  <workdir>/checkpoints/<step>/   Orbax checkpoints (`save` / `restore_latest`)
+  <workdir>/export/               `export_inference`: variables/ (params + batch_stats) and
+                                  config.json
+A checkpoint item is `{'state': flax state dict of the TrainState, 'rng': uint32 key data,
+'step': int64}`, all host numpy arrays (written once, by the primary host, in multi-host runs).
+"""
+
+import json
+import os
+from typing import Any, Mapping, Optional
+
+from absl import logging
+import flax
+from flax import traverse_util
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from sta_cnn_jax import convert
+from sta_cnn_jax.models import bn_inception
+
+CHECKPOINT_DIR = 'checkpoints'
+EXPORT_DIR = 'export'
+VARIABLES_DIR = 'variables'
+CONFIG_JSON = 'config.json'
+COLLECTIONS = ('params', 'batch_stats')
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint does not fit the state the config builds."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Training checkpoints.
+# ---------------------------------------------------------------------------------------------
+
+
+def create_manager(directory: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
+  """Orbax manager: keeps `config.checkpoint.keep`, async saves if `config.checkpoint.async_save`.
+
+  The loop decides when to save (every `config.checkpoint.every_steps` and at the end), so the
+  manager's own save interval is 1.
+  """
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=config.checkpoint.keep, save_interval_steps=1, create=True,
+      enable_async_checkpointing=config.checkpoint.async_save)
+  # The handler is named up front so a new process can read a checkpoint's metadata (shapes)
+  # before restoring anything.
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                               item_handlers=ocp.StandardCheckpointHandler())
+
+
+def _host(x: Any) -> Any:
+  """Host numpy copy of an array leaf; abstract leaves (jax.ShapeDtypeStruct) unchanged."""
+  return x if isinstance(x, jax.ShapeDtypeStruct) else np.asarray(jax.device_get(x))
+
+
+def _item(state: Any, rng: Any, step: int) -> dict:
+  """The saved pytree: host numpy copies (safe with async saves and donated device buffers)."""
+  return {'state': jax.tree_util.tree_map(_host, flax.serialization.to_state_dict(state)),
+          'rng': _host(rng) if isinstance(rng, jax.ShapeDtypeStruct) else np.asarray(
+              jax.device_get(rng), np.uint32),
+          'step': np.asarray(step, np.int64)}
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, rng: jax.Array) -> None:
+  """Saves an unreplicated (single-copy) state; async when the manager is."""
+  manager.save(int(step), args=ocp.args.StandardSave(_item(state, rng, step)))
+
+
+def _flat_shapes(tree: Any) -> dict:
+  """{'a/b/c': shape} for every array leaf of a nested dict (metadata or arrays)."""
+  flat = traverse_util.flatten_dict(tree, sep='/') if isinstance(tree, Mapping) else {}
+  return {k: tuple(getattr(v, 'shape', ())) for k, v in flat.items()
+          if not (isinstance(v, Mapping) and not v)}
+
+
+def check_shapes(expected: Mapping[str, tuple], found: Mapping[str, tuple], what: str,
+                 expected_name: str = 'config', found_name: str = 'checkpoint') -> None:
+  """Raises CheckpointMismatchError naming every differing path with both shapes."""
+  problems = []
+  for path in sorted(set(expected) | set(found)):
+    if path not in found:
+      problems.append(f'  {path}: missing in the {found_name} ({expected_name} shape '
+                      f'{expected[path]})')
+    elif path not in expected:
+      problems.append(f'  {path}: not in the {expected_name} ({found_name} shape {found[path]})')
+    elif tuple(expected[path]) != tuple(found[path]):
+      problems.append(f'  {path}: {found_name} shape {tuple(found[path])} != '
+                      f'{expected_name} shape {tuple(expected[path])}')
+  if problems:
+    raise CheckpointMismatchError(
+        f'{what} does not match the state built from the config ({len(problems)} '
+        'difference(s)); was it written with another config (num_classes, modality, '
+        'spatial_attention, aux_classifier, san_widths, crop_size)?\n' + '\n'.join(problems))
+
+
+def restore_latest(manager: ocp.CheckpointManager, state: Any, rng: jax.Array
+                   ) -> Optional[tuple[Any, jax.Array, int]]:
+  """Restores the latest checkpoint into `state`'s structure, or returns None if there is none.
+
+  `state` is the freshly initialised (unreplicated) state the config builds; the checkpoint's
+  array shapes are checked against it first and a mismatch raises CheckpointMismatchError
+  naming each path and both shapes.
+  """
+  step = manager.latest_step()
+  if step is None:
+    return None
+  target = _item(state, rng, 0)
+  where = os.path.join(str(manager.directory), str(step))
+  metadata = manager.item_metadata(step)
+  tree = getattr(metadata, 'tree', metadata)
+  if tree is None:
+    raise CheckpointMismatchError(f'checkpoint {where} has no readable metadata (not written '
+                                  'by sta_cnn_jax.checkpoints?)')
+  check_shapes(_flat_shapes(target), _flat_shapes(dict(tree)), f'checkpoint {where}')
+  restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+  new_state = flax.serialization.from_state_dict(state, restored['state'])
+  logging.info('restored checkpoint %s (step %d)', where, int(restored['step']))
+  return new_state, np.asarray(restored['rng'], np.uint32), int(restored['step'])
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference export.
+# ---------------------------------------------------------------------------------------------
+
+
+def export_inference(variables_or_state: Any, config: ml_collections.ConfigDict,
+                     out_dir: str) -> str:
+  """Writes params + batch_stats (no optimizer state) and the config as JSON to `out_dir`.
+
+  Accepts a TrainState (uses .params / .batch_stats) or a variables dict. Returns out_dir.
+  """
+  if hasattr(variables_or_state, 'params'):
+    variables = {'params': variables_or_state.params,
+                 'batch_stats': getattr(variables_or_state, 'batch_stats', {})}
+  else:
+    variables = {k: variables_or_state.get(k, {}) for k in COLLECTIONS}
+  variables = jax.device_get({k: v for k, v in variables.items() if v})
+  out_dir = os.path.abspath(out_dir)
+  os.makedirs(out_dir, exist_ok=True)
+  checkpointer = ocp.StandardCheckpointer()
+  path = os.path.join(out_dir, VARIABLES_DIR)
+  checkpointer.save(path, variables, force=True)
+  checkpointer.wait_until_finished()
+  if jax.process_index() == 0:
+    with open(os.path.join(out_dir, CONFIG_JSON), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  return out_dir
+
+
+def load_inference(directory: str) -> tuple[dict, ml_collections.ConfigDict]:
+  """Reads what `export_inference` wrote: ({'params', 'batch_stats'}, config)."""
+  directory = os.path.abspath(directory)
+  path = os.path.join(directory, VARIABLES_DIR)
+  config_path = os.path.join(directory, CONFIG_JSON)
+  if not os.path.isdir(path) or not os.path.isfile(config_path):
+    raise FileNotFoundError(f'{directory}: not an inference export (expected {VARIABLES_DIR}/ '
+                            f'and {CONFIG_JSON}, written by export_inference / --mode=export)')
+  variables = ocp.StandardCheckpointer().restore(path)
+  with open(config_path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  variables = {k: variables.get(k, {}) for k in COLLECTIONS}
+  return variables, config
+
+
+# ---------------------------------------------------------------------------------------------
+# Grafting pretrained weights.
+# ---------------------------------------------------------------------------------------------
+
+
+def _load_weights(path: str) -> dict:
+  """{'params', 'batch_stats'} from an inference export dir or a convert.py output."""
+  if os.path.isfile(os.path.join(path, CONFIG_JSON)):
+    variables, _ = load_inference(path)
+  else:
+    if not os.path.exists(path):
+      raise FileNotFoundError(f'{path}: weights not found (expected a convert.py .npz / Orbax '
+                              'directory or an export_inference directory)')
+    variables, _ = convert.load_converted(path)
+  return {k: v for k, v in variables.items() if k in COLLECTIONS and v}
+
+
+def graft_san_weights(variables: Mapping[str, Any], path: str) -> dict:
+  """Replaces variables['params']['san'] with a pretrained SAN (--mode=pretrain_san export or
+  convert.py --kind=flownets). Paths or shapes that do not fit raise, naming them."""
+  if 'san' not in variables.get('params', {}):
+    raise ValueError(f'init.san_weights={path!r} given but the model has no SAN '
+                     '(RGB stream with model.spatial_attention=True only)')
+  source = _load_weights(path)
+  source = {'params': source['params']}
+  logging.info('grafting SAN weights from %s', path)
+  return convert.graft(dict(variables), source, prefix=('san',))
+
+
+def graft_acn_weights(variables: Mapping[str, Any], path: str, modality: str,
+                      cross_modality: bool = True) -> dict:
+  """Places converted ImageNet BN-Inception weights under 'acn'.
+
+  The ImageNet classifier 'fc' is dropped when its shape differs from the model's (new
+  classes keep their N(0, 0.001) init). For flow streams a 3-channel conv1 is turned into a
+  10-channel one by TSN's cross-modality initialisation (mean over RGB, replicated) when
+  `cross_modality`; otherwise the mismatch is reported.
+  """
+  source = _load_weights(path)
+  target_params = variables['params']['acn']
+  params = dict(source['params'])
+  if 'fc' in params and (np.shape(params['fc']['kernel'])
+                         != tuple(target_params['fc']['kernel'].shape)):
+    logging.info('graft: dropping the pretrained classifier fc %s',
+                 np.shape(params['fc']['kernel']))
+    params.pop('fc')
+  source_stats = dict(source.get('batch_stats', {}))
+  conv1 = bn_inception.STEM[0][0]
+  want = target_params[conv1]['kernel'].shape[2]
+  have = np.shape(params[conv1]['kernel'])[2] if conv1 in params else want
+  if have != want and modality != 'rgb' and cross_modality:
+    logging.info('graft: cross-modality init of %s (%d -> %d input channels)', conv1, have, want)
+    params = dict(bn_inception.cross_modality_init(params, in_channels=want))
+  source = {'params': params}
+  if source_stats:
+    source['batch_stats'] = source_stats
+  logging.info('grafting ACN weights from %s', path)
+  return convert.graft(dict(variables), source, prefix=('acn',))
