@@ -43,6 +43,7 @@ _ROWS = flags.DEFINE_list("rows", ["baseline", "tam_ts3x3_3x1", "sta_ts3x3_3x1"]
                           "Rows of configs/demo.py to train and compare.")
 _MODALITY = flags.DEFINE_enum("modality", "rgb", ["rgb", "flow"], "Stream to train.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the synthetic dataset.")
+_STEPS = flags.DEFINE_integer("steps", 0, "Training steps per row (0: configs/demo.py's).")
 
 SYNTHETIC_DIR = "synthetic"
 SHARDS_DIR = "data"
@@ -70,9 +71,12 @@ def make_dataset(workdir: str, seed: int) -> tuple[str, str]:
   return videos, shards
 
 
-def row_config(row: str, modality: str, shards: str, san_weights: str = ""):
+def row_config(row: str, modality: str, shards: str, san_weights: str = "", steps: int = 0):
   config = demo_config.get_config(f"{modality},{row}")
   config.data_dir = shards
+  if steps:
+    config.num_train_steps = steps
+    config.san_pretrain.num_steps = steps
   config.eval.at_end = False            # the demo evaluates itself, keeping frames for figures
   if config.model.spatial_attention and modality == "rgb":
     config.init.san_weights = san_weights
@@ -140,9 +144,9 @@ def write_figures(segments: dict, config, out_dir: str, classes: Sequence[str]) 
 
 
 def run_row(row: str, modality: str, workdir: str, shards: str, san_weights: str,
-            boxes_by_video: dict, classes: Sequence[str]) -> dict:
+            boxes_by_video: dict, classes: Sequence[str], steps: int = 0) -> dict:
   """Trains (or resumes) one row, evaluates it, draws its figures; returns its table entry."""
-  config = row_config(row, modality, shards, san_weights)
+  config = row_config(row, modality, shards, san_weights, steps)
   row_dir = os.path.join(workdir, f"{modality}_{row}")
   start = time.time()
   state = train.train_and_evaluate(config, row_dir)
@@ -174,7 +178,8 @@ def format_table(entries: Sequence[dict]) -> str:
   return "\n".join(lines)
 
 
-def run(workdir: str, rows: Sequence[str], modality: str = "rgb", seed: int = 0) -> list[dict]:
+def run(workdir: str, rows: Sequence[str], modality: str = "rgb", seed: int = 0,
+        steps: int = 0) -> list[dict]:
   """The demo as a function (the CLI and the end-to-end test call it)."""
   os.makedirs(workdir, exist_ok=True)
   start = time.time()
@@ -187,8 +192,9 @@ def run(workdir: str, rows: Sequence[str], modality: str = "rgb", seed: int = 0)
   san_weights = ""
   attention_rows = [r for r in rows if row_config(r, modality, shards).model.spatial_attention]
   if modality == "rgb" and attention_rows:
-    san_weights = train.pretrain_san(row_config(attention_rows[0], modality, shards), workdir)
-  entries = [run_row(row, modality, workdir, shards, san_weights, boxes_by_video, classes)
+    san_weights = train.pretrain_san(row_config(attention_rows[0], modality, shards, steps=steps),
+                                     workdir)
+  entries = [run_row(row, modality, workdir, shards, san_weights, boxes_by_video, classes, steps)
              for row in rows]
   table = format_table(entries)
   with open(os.path.join(workdir, "results.md"), "w") as f:
@@ -205,7 +211,7 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)   # progress bars + the final table; --verbosity=0 for logs
   start = time.time()
-  entries = run(_WORKDIR.value, _ROWS.value, _MODALITY.value, _SEED.value)
+  entries = run(_WORKDIR.value, _ROWS.value, _MODALITY.value, _SEED.value, _STEPS.value)
   print("\nSTA-CNN demo on synthetic videos (test split, 25 segments; DCW = Eq. 11 top-15)\n")
   print(format_table(entries))
   print(f"\nworkdir: {os.path.abspath(_WORKDIR.value)}  (figures in {FIGURES_DIR}/, "
