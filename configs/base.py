@@ -77,7 +77,8 @@ def parse_arg(arg: str, default_modality: str = 'rgb') -> tuple[str, str]:
     raise ValueError(f"config argument {arg!r}: unknown modality {modality!r}; "
                      f"expected one of {MODALITIES}")
   if row not in ROWS:
-    raise ValueError(f"config argument {arg!r}: unknown row {row!r}; expected one of {sorted(ROWS)}")
+    raise ValueError(f"config argument {arg!r}: unknown row {row!r}; "
+                     f"expected one of {sorted(ROWS)}")
   return modality, row
 
 

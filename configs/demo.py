@@ -38,7 +38,7 @@ def get_config(arg: str = 'rgb,sta_ts3x3_3x1') -> ml_collections.ConfigDict:
   config.model.partial_bn = False
   config.model.dropout_rate = 0.5
 
-  config.batch_size = 8
+  config.batch_size = 4
   config.learning_rate = 0.01
   config.num_epochs = 30
   config.lr_decay_epochs = 20

@@ -4,8 +4,9 @@ The train and eval steps are per-device functions that use `lax.pmean(..., 'batc
 gradients, metrics and BatchNorm statistics. `make_parallel_step` wraps such a function for
 either mode, so switching is the one config line `config.parallel = 'pmap' | 'shard_map'`:
 
-  pmap       `jax.pmap` over this host's devices; replicated values carry a leading device
-             axis (one copy per local device), batches are `(D_local, B, ...)`.
+  pmap       `jax.pmap` over all devices of all hosts, each host feeding its local ones;
+             replicated values carry a leading device axis (one copy per local device),
+             batches are `(D_local, B, ...)`.
   shard_map  `jax.jit(jax.shard_map(...))` on a 1-D mesh `Mesh(jax.devices(), ('batch',))`;
              replicated values are global arrays with `PartitionSpec()`, batches are global
              arrays `(D_global, B, ...)` sharded `PartitionSpec('batch')` (built from each
@@ -16,6 +17,10 @@ returned either "replicated" (identical on every device, e.g. the new train stat
 metrics; `unreplicate` gives one copy) or "per device" with a leading device axis `(D, ...)`
 (e.g. eval scores). Multi-host: `initialize_distributed()` first; every host then feeds its own
 batch slice and nothing here assumes a single host.
+
+shard_map runs with check_vma=False: with the check on, autodiff inside shard_map would already
+sum the gradient of replicated parameters over devices, and the per-device step's own pmean
+would then give D times the mean; unchecked, the step's semantics are exactly pmap's.
 """
 
 import functools
@@ -37,6 +42,8 @@ ENV_PROCESS_ID = 'JAX_PROCESS_ID'
 # Cluster environments that `jax.distributed.initialize()` detects by itself, with the variable
 # holding the process count.
 CLUSTER_SIZE_ENV = ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE', 'JAX_NUM_PROCESSES')
+# Multi-host Cloud TPU: comma-separated worker host names.
+TPU_HOSTS_ENV = 'TPU_WORKER_HOSTNAMES'
 # Collectives between CPU processes (tests, CPU clusters); ignored by GPU / TPU backends.
 CPU_COLLECTIVES = 'gloo'
 
@@ -56,7 +63,8 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
   """Calls `jax.distributed.initialize()` when a multi-process environment is given.
 
   Explicit arguments win, then JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID,
-  then a detected cluster (SLURM, Open MPI) with more than one process. A single process does
+  then a detected cluster (SLURM, Open MPI, multi-host Cloud TPU) with more than one process,
+  which `jax.distributed.initialize()` configures by itself. A single process does
   nothing. Must run before anything touches the JAX backend. Returns True if initialised.
   """
   coordinator_address = coordinator_address or os.environ.get(ENV_COORDINATOR)
@@ -64,7 +72,8 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
     num_processes = int(os.environ[ENV_NUM_PROCESSES])
   if process_id is None and os.environ.get(ENV_PROCESS_ID):
     process_id = int(os.environ[ENV_PROCESS_ID])
-  cluster_size = max([int(os.environ.get(k, '1') or 1) for k in CLUSTER_SIZE_ENV])
+  cluster_size = max([int(os.environ.get(k, '1') or 1) for k in CLUSTER_SIZE_ENV] +
+                     [len(os.environ.get(TPU_HOSTS_ENV, '').split(','))])
   if not coordinator_address and cluster_size <= 1:
     return False
   if num_processes is not None and num_processes <= 1 and not coordinator_address:

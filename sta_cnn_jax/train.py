@@ -12,16 +12,17 @@ Training step (paper §3.1, Algorithm 1; Eq. 10):
                        l(s) = CE(ŷ_cla(s)) + λ·CE(ŷ_san(s)) (Eq. 10 per snippet).
   consensus 'average': TSN: L = CE(mean_S logits) + λ·CE(mean_S aux logits).
 
-Non-finite losses: each step returns a `finite` flag in its metrics (no host sync inside the
-step): loss, gradient norm and the updated weights' norm all finite. The host reads the buffered metrics at every log interval and before every checkpoint,
-so a NaN / Inf is found within `log_every_steps` steps, training stops with an error naming the
-first bad step, and a state that went through a non-finite step is never saved.
+Non-finite values: each step returns a `finite` flag in its metrics (loss, gradient norm and the
+updated weights' norm all finite), with no host sync inside the step. The host fetches the
+buffered per-step metrics at every log interval and before every checkpoint, so a NaN / Inf is
+found within `log_every_steps` steps, training stops with an error naming the first bad step,
+and a state that went through a non-finite step is never saved.
 """
 
 import collections
 import functools
 import os
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 from absl import logging
 from clu import metric_writers
@@ -350,7 +351,8 @@ def dataset_facts(config: ml_collections.ConfigDict) -> tuple[int, int]:
 
 
 def check_finite(history: list[tuple[int, dict]], manager: Any) -> None:
-  """Raises FloatingPointError naming the first step whose loss or gradient was not finite."""
+  """Raises FloatingPointError naming the first step whose loss, gradient or update was not
+  finite, after letting pending checkpoint writes finish."""
   for step, metrics in history:
     if not bool(metrics['finite']):
       manager.wait_until_finished()
@@ -362,6 +364,14 @@ def check_finite(history: list[tuple[int, dict]], manager: Any) -> None:
       raise FloatingPointError(
           f'non-finite training loss or gradient at step {step} ({values}); training stopped, '
           f'{where} (a state that went through a non-finite step is never saved).')
+
+
+def fetch_and_check(pending: list[tuple[int, Any]], mode: str, manager: Any
+                    ) -> list[tuple[int, dict]]:
+  """Device metrics of the pending steps -> host numpy, checked for non-finite values."""
+  host = [(step, jax.device_get(parallel.unreplicate(m, mode))) for step, m in pending]
+  check_finite(host, manager)
+  return host
 
 
 def summarize(history: list[tuple[int, dict]], prefix: str = 'train') -> dict:
@@ -392,13 +402,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   learning_rate_fn = create_learning_rate_fn(config, steps_per_epoch)
 
   model = create_model(config, num_classes)
-  rng = jax.random.PRNGKey(config.seed)
-  init_rng, step_rng = jax.random.split(rng)
-  state = create_train_state(init_rng, config, model, input_shape(config), learning_rate_fn)
   manager = checkpoints.create_manager(os.path.join(workdir, checkpoints.CHECKPOINT_DIR), config)
-  restored = checkpoints.restore_latest(manager, state, step_rng)
-  if restored is not None:
-    state, step_rng, _ = restored
+  state, step_rng = restore_or_create_state(config, model, manager, learning_rate_fn)
   start_step = int(state.step)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
@@ -419,27 +424,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
   progress = tqdm.tqdm(total=num_steps, initial=start_step, desc=config.row or 'train',
                        unit='step', disable=jax.process_index() > 0, dynamic_ncols=True)
-  history = []          # (step, device metrics) since the last host check
-  summary_history = []  # (step, host metrics) since the last summary
+  pending = []   # (step, device metrics) not yet fetched
+  checked = []   # (step, host metrics) fetched and finite, not yet summarised
   try:
     for step in range(start_step + 1, num_steps + 1):
       p_state, metrics = p_train_step(p_state, next(train_iter), p_rng)
-      history.append((step, metrics))
+      pending.append((step, metrics))
       report(step)
       progress.update(1)
       is_last = step == num_steps
+      log_now = step % config.log_every_steps == 0 or is_last
       save_now = step % config.checkpoint.every_steps == 0 or is_last
-      if step % config.log_every_steps == 0 or save_now:
-        host = [(s, jax.device_get(parallel.unreplicate(m, mode))) for s, m in history]
-        history = []
-        check_finite(host, manager)
-        summary_history.extend(host)
-        if step % config.log_every_steps == 0 or is_last:
-          scalars = summarize(summary_history)
-          summary_history = []
-          writer.write_scalars(step, scalars)
-          progress.set_postfix(loss=f'{scalars["train/loss"]:.3f}',
-                               acc=f'{scalars["train/accuracy"]:.2f}')
+      if log_now or save_now:
+        checked += fetch_and_check(pending, mode, manager)
+        pending = []
+      if log_now:
+        scalars = summarize(checked)
+        checked = []
+        writer.write_scalars(step, scalars)
+        progress.set_postfix(loss=f'{scalars["train/loss"]:.3f}',
+                             acc=f'{scalars["train/accuracy"]:.2f}')
       if save_now:
         checkpoints.save(manager, step, parallel.unreplicate(p_state, mode), step_rng)
   finally:
@@ -460,18 +464,41 @@ def evaluate_state(config: ml_collections.ConfigDict, workdir: str, state: Train
   return evaluate_lib.evaluate(config, workdir, variables, model)
 
 
+def abstract_train_state(config: ml_collections.ConfigDict, model: STACNN,
+                         learning_rate_fn: Optional[optax.Schedule] = None) -> TrainState:
+  """The TrainState's structure and shapes (jax.ShapeDtypeStruct leaves), with no compile
+  and no weight files read: the restore target when a checkpoint exists."""
+  bare = config.copy_and_resolve_references()
+  bare.init.acn_weights = bare.init.san_weights = ''
+  return jax.eval_shape(
+      lambda rng: create_train_state(rng, bare, model, input_shape(config), learning_rate_fn),
+      jax.random.PRNGKey(0))
+
+
+def restore_or_create_state(config: ml_collections.ConfigDict, model: STACNN, manager: Any,
+                            learning_rate_fn: Optional[optax.Schedule] = None
+                            ) -> tuple[TrainState, np.ndarray]:
+  """(state, step rng): the latest checkpoint of `manager`, else a fresh state from the
+  config's seed (split into an init key and the dropout key of the steps)."""
+  init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  if manager.latest_step() is None:
+    return create_train_state(init_rng, config, model, input_shape(config),
+                              learning_rate_fn), step_rng
+  state, step_rng, _ = checkpoints.restore_latest(
+      manager, abstract_train_state(config, model, learning_rate_fn), step_rng)
+  return state, step_rng
+
+
 def restore_for_inference(config: ml_collections.ConfigDict, workdir: str
                           ) -> tuple[TrainState, STACNN]:
   """The latest checkpoint of `workdir` (shape-checked against the config) and its model."""
   num_classes, _ = dataset_facts(config)
   model = create_model(config, num_classes)
-  rng = jax.random.PRNGKey(config.seed)
-  state = create_train_state(rng, config, model, input_shape(config))
   manager = checkpoints.create_manager(os.path.join(workdir, checkpoints.CHECKPOINT_DIR), config)
-  restored = checkpoints.restore_latest(manager, state, rng)
-  if restored is None:
+  if manager.latest_step() is None:
     raise FileNotFoundError(f'no checkpoint in {manager.directory} (train first: --mode=train)')
-  return restored[0], model
+  state, _ = restore_or_create_state(config, model, manager)
+  return state, model
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -540,9 +567,11 @@ def _san_pretrain_example(serialized, key, *, flow_feature: str, num_snippets: i
           'flow': tf.ensure_shape(flow, [num_snippets, crop_size, crop_size, 2])}
 
 
-def create_san_pretrain_iter(config: ml_collections.ConfigDict) -> Iterator[dict]:
+def create_san_pretrain_iter(config: ml_collections.ConfigDict,
+                             start_step: int = 0) -> Iterator[dict]:
   """This host's infinite iterator of {'frames': (D, B, S, h, w, 6) uint8, 'flow': (D, B, S,
-  h, w, 2) float32} from the training shards (the pipeline has no RGB-pair + flow mode)."""
+  h, w, 2) float32} from the training shards (the pipeline has no RGB-pair + flow mode),
+  from batch `start_step` on (resume)."""
   p = config.san_pretrain
   manifest = input_pipeline.read_manifest(config.data_dir)
   input_pipeline.check_modality(config.data_dir, p.flow_stream, manifest)
@@ -555,7 +584,7 @@ def create_san_pretrain_iter(config: ml_collections.ConfigDict) -> Iterator[dict
   input_pipeline._check_batch(batch, devices)  # pylint: disable=protected-access
   root = tf.constant([config.seed, 1], tf.int64)
   ds = tf.data.TFRecordDataset(files).repeat().shuffle(
-      config.input.shuffle_buffer, seed=config.seed).enumerate()
+      config.input.shuffle_buffer, seed=config.seed).enumerate().skip(start_step * batch)
   ds = ds.map(lambda i, rec: _san_pretrain_example(
       rec, tf.random.experimental.stateless_fold_in(root, i), flow_feature=p.flow_stream,
       num_snippets=p.num_segments, crop_size=config.input.crop_size, bound=bound),
@@ -631,26 +660,24 @@ def pretrain_san(config: ml_collections.ConfigDict, workdir: str) -> str:
   if restored is not None:
     state = restored[0]
   start_step = int(state.step)
-  if start_step:
-    logging.warning('pretrain_san resumes at step %d; its data order restarts', start_step)
   writer = metric_writers.create_default_writer(root, just_logging=jax.process_index() > 0)
   p_step = parallel.make_parallel_step(functools.partial(pretrain_san_step, config=config),
                                        mode, out_replicated=True)
   p_state = parallel.replicate(state, mode)
-  batches = prefetch(create_san_pretrain_iter(config), config.input.prefetch_to_device, mode)
-  history = []
+  batches = prefetch(create_san_pretrain_iter(config, start_step),
+                     config.input.prefetch_to_device, mode)
+  pending = []
   for step in tqdm.trange(start_step + 1, p.num_steps + 1, initial=start_step,
                           total=p.num_steps, desc='pretrain_san',
                           disable=jax.process_index() > 0):
     p_state, metrics = p_step(p_state, next(batches))
-    history.append((step, metrics))
+    pending.append((step, metrics))
     is_last = step == p.num_steps
     save_now = step % p.checkpoint_every_steps == 0 or is_last
     if step % config.log_every_steps == 0 or save_now:
-      host = [(s, jax.device_get(parallel.unreplicate(m, mode))) for s, m in history]
-      history = []
-      check_finite(host, manager)
-      writer.write_scalars(step, summarize(host, prefix='san_pretrain'))
+      writer.write_scalars(step, summarize(fetch_and_check(pending, mode, manager),
+                                           prefix='san_pretrain'))
+      pending = []
     if save_now:
       checkpoints.save(manager, step, parallel.unreplicate(p_state, mode), rng)
   manager.wait_until_finished()

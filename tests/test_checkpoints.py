@@ -77,10 +77,30 @@ def test_mismatch_names_every_path_and_both_shapes(tmp_path):
 
 
 def _abstract_state(config, num_classes):
-  model = train.create_model(config, num_classes)
-  return jax.eval_shape(lambda k: train.create_train_state(k, config, model,
-                                                           train.input_shape(config)),
-                        jax.random.PRNGKey(0))
+  return train.abstract_train_state(config, train.create_model(config, num_classes))
+
+
+def test_real_state_roundtrip_restores_without_initialising(tmp_path):
+  """A whole STA-CNN TrainState (partial-BN optimizer state included) saved and restored into
+  the config's abstract state: what a resumed run does instead of initialising."""
+  config = tiny_config(**{'model.partial_bn': True})
+  model = train.create_model(config, 2)
+  rng = np.random.RandomState(0)
+  saved = jax.tree_util.tree_map(
+      lambda s: (rng.randn(*s.shape).astype(s.dtype) if np.issubdtype(s.dtype, np.floating)
+                 else np.full(s.shape, 11, s.dtype)), train.abstract_train_state(config, model))
+  manager = checkpoints.create_manager(str(tmp_path / 'ckpt'), config)
+  checkpoints.save(manager, 11, saved, jax.random.PRNGKey(5))
+  manager.wait_until_finished()
+  state, step_rng = train.restore_or_create_state(
+      config, model, checkpoints.create_manager(str(tmp_path / 'ckpt'), config))
+  np.testing.assert_array_equal(step_rng, np.asarray(jax.random.PRNGKey(5)))
+  assert int(state.step) == 11 and state.apply_fn == model.apply
+  flat_saved = jax.tree_util.tree_flatten_with_path(saved)[0]
+  flat_state = jax.tree_util.tree_leaves(state)
+  assert len(flat_saved) == len(flat_state) > 500
+  for (path, a), b in zip(flat_saved, flat_state):
+    np.testing.assert_array_equal(np.asarray(b), a, err_msg=jax.tree_util.keystr(path))
 
 
 def test_real_config_mismatch_is_named(tmp_path):
@@ -95,8 +115,10 @@ def test_real_config_mismatch_is_named(tmp_path):
   with pytest.raises(checkpoints.CheckpointMismatchError) as err:
     checkpoints.restore_latest(manager, _abstract_state(other, 3), jax.random.PRNGKey(0))
   message = str(err.value)
-  assert 'state/params/acn/fc/kernel: checkpoint shape (1024, 2) != config shape (1024, 3)' in message
-  assert 'state/params/san/conv1/kernel: checkpoint shape (7, 7, 6, 16) != config shape (7, 7, 6, 8)' in message
+  assert ('state/params/acn/fc/kernel: checkpoint shape (1024, 2) != config shape (1024, 3)'
+          in message)
+  assert ('state/params/san/conv1/kernel: checkpoint shape (7, 7, 6, 16) != config shape '
+          '(7, 7, 6, 8)' in message)
   assert 'state/params/aux_fc/kernel: checkpoint shape (128, 2) != config shape (64, 3)' in message
   assert str(tmp_path / 'ckpt' / '3') in message
 

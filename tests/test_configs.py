@@ -66,16 +66,20 @@ def test_every_row_builds_and_names_its_strategy(dataset, modality):
 
 def test_sam_and_baseline_rows():
   c = ucf101.get_config('rgb,sam_cnn1')
-  assert (c.temporal.num_segments, c.model.spatial_attention, c.model.aux_classifier) == (1, True, True)
+  assert (c.temporal.num_segments, c.model.spatial_attention,
+          c.model.aux_classifier) == (1, True, True)
   c = ucf101.get_config('rgb,sam_cnn2')
   assert (c.temporal.num_segments, c.temporal.consensus, c.model.spatial_attention,
           c.model.aux_classifier) == (3, 'average', True, False)
   c = ucf101.get_config('rgb,sam_cnn3')
-  assert (c.temporal.num_segments, c.temporal.consensus, c.model.aux_classifier) == (3, 'average', True)
+  assert (c.temporal.num_segments, c.temporal.consensus,
+          c.model.aux_classifier) == (3, 'average', True)
   c = ucf101.get_config('rgb,tsn3')
-  assert (c.temporal.num_segments, c.temporal.consensus, c.model.spatial_attention) == (3, 'average', False)
+  assert (c.temporal.num_segments, c.temporal.consensus,
+          c.model.spatial_attention) == (3, 'average', False)
   c = ucf101.get_config('rgb,baseline')
-  assert (c.temporal.num_segments, c.temporal.snippets_per_segment, c.model.spatial_attention) == (1, 1, False)
+  assert (c.temporal.num_segments, c.temporal.snippets_per_segment,
+          c.model.spatial_attention) == (1, 1, False)
 
 
 def test_recipe_of_section_4_1_and_tsn():

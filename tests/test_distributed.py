@@ -36,6 +36,7 @@ def save(path, state):
   np.savez(path, **{k: np.asarray(v) for k, v in flat.items()})
 '''
 
+# Both parallel modes, one after the other, in the same two processes.
 _WORKER = _COMMON + r'''
 from sta_cnn_jax import parallel
 assert parallel.initialize_distributed()
@@ -43,8 +44,9 @@ import jax
 from sta_cnn_jax import train
 train.create_model = standin_create_model
 assert jax.process_count() == 2 and jax.device_count() == 2 and jax.local_device_count() == 1
-state = train.train_and_evaluate(make_config(MODE), WORKDIR)
-save(OUT + f'_{jax.process_index()}.npz', state)
+for mode in MODES:
+  state = train.train_and_evaluate(make_config(mode), TMP + f'/wd_{mode}')
+  save(TMP + f'/{mode}_{jax.process_index()}.npz', state)
 print('DONE', jax.process_index())
 '''
 
@@ -91,17 +93,15 @@ def _code(template: str, **values) -> str:
 def test_two_processes_match_each_other_and_one_process(tiny_dataset, tmp_path, jax_cache_dir):
   env = cache_env(jax_cache_dir)
   data = str(tiny_dataset)
-  # All five processes at once (the reference, and two 2-process runs: pmap and shard_map).
+  # All three processes at once: the reference and the two workers of the 2-process run.
   procs = {'ref': run_python(_code(_REFERENCE, DATA=data, STEPS=STEPS, OUT=str(tmp_path / 'ref')),
                              env, num_devices=2, wait=False)}
-  for mode in MODES:
-    port = _free_port()
-    for i in range(2):
-      worker_env = dict(env, JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES='2',
-                        JAX_PROCESS_ID=str(i))
-      code = _code(_WORKER, DATA=data, STEPS=STEPS, MODE=mode,
-                   WORKDIR=str(tmp_path / f'wd_{mode}'), OUT=str(tmp_path / mode))
-      procs[f'{mode} {i}'] = run_python(code, worker_env, num_devices=1, wait=False)
+  port = _free_port()
+  for i in range(2):
+    worker_env = dict(env, JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES='2',
+                      JAX_PROCESS_ID=str(i))
+    code = _code(_WORKER, DATA=data, STEPS=STEPS, MODES=MODES, TMP=str(tmp_path))
+    procs[f'worker {i}'] = run_python(code, worker_env, num_devices=1, wait=False)
   try:
     outputs = {name: proc.communicate(timeout=600)[0] for name, proc in procs.items()}
   finally:

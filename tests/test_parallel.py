@@ -42,7 +42,8 @@ def step(state, batch):
   (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
   grads = jax.lax.pmean(grads, 'batch')
   updates, opt = tx.update(grads, opt, params)
-  return (optax.apply_updates(params, updates), new['batch_stats'], opt), jax.lax.pmean(loss, 'batch')
+  new_state = (optax.apply_updates(params, updates), new['batch_stats'], opt)
+  return new_state, jax.lax.pmean(loss, 'batch')
 
 def eval_step(state, xb):
   return net.apply({'params': state[0], 'batch_stats': state[1]}, xb, train=False)
@@ -59,7 +60,8 @@ for mode in parallel.MODES:
       {'x': x.reshape(1, D * B, 4), 'y': y.reshape(1, D * B)})
   s8, l8 = parallel.make_parallel_step(step, mode, donate=False, out_replicated=True)(
       parallel.replicate(state0, mode), {'x': x, 'y': y})
-  s1, s8 = jax.device_get(parallel.unreplicate((s1, l1), mode)), jax.device_get(parallel.unreplicate((s8, l8), mode))
+  s1 = jax.device_get(parallel.unreplicate((s1, l1), mode))
+  s8 = jax.device_get(parallel.unreplicate((s8, l8), mode))
   e8 = jax.device_get(parallel.make_parallel_step(eval_step, mode, donate=False)(
       parallel.replicate(s8[0], mode), x))
   results[mode] = dict(one=s1, many=s8, eval=e8)
@@ -76,7 +78,8 @@ for mode, r in results.items():
   assert not np.allclose(jax.tree.leaves(p8)[0], jax.tree.leaves(state0[0])[0])
   assert r['eval'].shape == (D, B, 3), r['eval'].shape
 # Both modes agree with each other.
-for a, b in zip(jax.tree.leaves(results['pmap']['many'][0]), jax.tree.leaves(results['shard_map']['many'][0])):
+for a, b in zip(jax.tree.leaves(results['pmap']['many'][0]),
+                jax.tree.leaves(results['shard_map']['many'][0])):
   np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
 print('OK', D)
 '''.replace('RTOL', repr(RTOL)).replace('ATOL', repr(ATOL))
@@ -114,7 +117,7 @@ def test_unknown_mode_and_bad_batch_are_named():
 
 def test_initialize_distributed_single_process_is_noop(monkeypatch):
   for key in (parallel.ENV_COORDINATOR, parallel.ENV_NUM_PROCESSES, parallel.ENV_PROCESS_ID,
-              'SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE'):
+              parallel.TPU_HOSTS_ENV) + parallel.CLUSTER_SIZE_ENV:
     monkeypatch.delenv(key, raising=False)
   assert parallel.initialize_distributed() is False
 

@@ -6,7 +6,6 @@ import functools
 import json
 import os
 import signal
-import time
 
 import jax
 import jax.numpy as jnp
@@ -223,16 +222,17 @@ _REAL_EQUIVALENCE = r'''
 import functools, jax, numpy as np
 from sta_cnn_jax import parallel, train
 from tests.train_utils import random_batch, tiny_config
-# Flow STA-CNN (SAL + aux head on the ACN features, TS(3x3, 3x1)); every BatchNorm in batch-
-# statistics mode (partial_bn=False) so all of BN-Inception's BNs must be synchronised;
-# 64 px crops: a 2x2 grid, so the spatial attention map is not trivially 1.
+# Flow STA-CNN (SAL + aux head on the ACN features, TS(3x3, 3x1)), TSN's partial BN (the first
+# BN in batch-statistics mode, synchronised); 64 px crops: a 2x2 grid, so the spatial
+# attention map is not trivially 1.
 config = tiny_config(row='flow,sta_ts3x3_3x1', **{'model.dropout_rate': 0.0,
-                                                  'model.partial_bn': False,
+                                                  'model.partial_bn': True,
                                                   'input.crop_size': 64})
 S = config.temporal.num_segments * config.temporal.snippets_per_segment
 model = train.create_model(config, 2)
 lr = train.create_learning_rate_fn(config, 10)
-state = train.create_train_state(jax.random.PRNGKey(0), config, model, train.input_shape(config), lr)
+state = train.create_train_state(jax.random.PRNGKey(0), config, model,
+                                 train.input_shape(config), lr)
 D = jax.device_count()
 batch = random_batch(np.random.RandomState(0), D, 1, S, config.input.crop_size, 10, 2)
 whole = {k: v.reshape((1, -1) + v.shape[2:]) for k, v in batch.items()}
@@ -249,16 +249,25 @@ results = {'pmap': run('pmap', None, batch), 'shard_map': run('shard_map', None,
 (s1, m1) = one
 assert bool(m1['finite'])
 for mode, (s8, m8) in results.items():
-  for name, a, b in [('params', s1.params, s8.params), ('batch_stats', s1.batch_stats, s8.batch_stats)]:
-    for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree_util.tree_leaves(b)):
-      np.testing.assert_allclose(y, x, rtol=RTOL, atol=ATOL, err_msg=f'{mode} {name} {jax.tree_util.keystr(path)}')
-  for k in ('loss', 'accuracy', 'alpha_selected', 'alpha_unselected', 'selected_fraction', 'grad_norm'):
+  for name, a, b in [('params', s1.params, s8.params),
+                     ('batch_stats', s1.batch_stats, s8.batch_stats)]:
+    for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0],
+                            jax.tree_util.tree_leaves(b)):
+      np.testing.assert_allclose(y, x, rtol=RTOL, atol=ATOL,
+                                 err_msg=f'{mode} {name} {jax.tree_util.keystr(path)}')
+  for k in ('loss', 'accuracy', 'alpha_selected', 'alpha_unselected', 'selected_fraction',
+            'grad_norm'):
     np.testing.assert_allclose(m8[k], m1[k], rtol=RTOL, atol=ATOL, err_msg=f'{mode} metric {k}')
-# The step moved the weights and every BN's running statistics.
+# The step moved the weights and the first BN's statistics; the frozen BNs stayed put.
 assert not np.allclose(s1.params['acn']['fc']['kernel'], state.params['acn']['fc']['kernel'])
-assert not np.allclose(s1.params['sal']['w'], state.params['sal']['w'])
-for bn in ('conv1_7x7_s2_bn', 'inception_5b_pool_proj_bn'):
-  assert not np.allclose(s1.batch_stats['acn'][bn]['mean'], state.batch_stats['acn'][bn]['mean']), bn
+assert not np.array_equal(s1.params['sal']['w'], state.params['sal']['w'])
+first, frozen = 'conv1_7x7_s2_bn', 'inception_5b_pool_proj_bn'
+assert not np.allclose(s1.batch_stats['acn'][first]['mean'],
+                       state.batch_stats['acn'][first]['mean'])
+np.testing.assert_array_equal(s1.params['acn'][frozen]['scale'],
+                              state.params['acn'][frozen]['scale'])
+np.testing.assert_array_equal(s1.batch_stats['acn'][frozen]['mean'],
+                              state.batch_stats['acn'][frozen]['mean'])
 print('OK', D, float(m1['loss']))
 '''.replace('RTOL', repr(RTOL)).replace('ATOL', repr(ATOL))
 
@@ -320,7 +329,8 @@ def test_missing_shards_are_named(tiny_dataset, tmp_path, monkeypatch):
   empty.mkdir()
   (empty / 'manifest.json').write_text((tiny_dataset / 'manifest.json').read_text())
   config = _loop_config(empty)
-  with pytest.raises(FileNotFoundError, match=r"no TFRecord shards for split 'train'.*train-\*\.tfrecord"):
+  with pytest.raises(FileNotFoundError,
+                     match=r"no TFRecord shards for split 'train'.*train-\*\.tfrecord"):
     train.train_and_evaluate(config, str(tmp_path / 'wd'))
 
 
@@ -328,7 +338,8 @@ def test_wrong_modality_is_named(tiny_dataset, tmp_path, monkeypatch):
   monkeypatch.setattr(train, 'create_model', standin_create_model)
   config = _loop_config(tiny_dataset, row=None)
   config.modality = 'warpflow'
-  with pytest.raises(ValueError, match=r"modality 'warpflow' not in the shards of .*\['rgb', 'flow'\]"):
+  with pytest.raises(ValueError,
+                     match=r"modality 'warpflow' not in the shards of .*\['rgb', 'flow'\]"):
     train.train_and_evaluate(config, str(tmp_path / 'wd'))
 
 
@@ -433,7 +444,8 @@ def test_kill_and_resume_equals_uninterrupted(tiny_dataset, tmp_path, jax_cache_
   # Training moved the weights after the checkpoint the resume started from, and the
   # partial-BN frozen BN stayed put.
   mid = _restore_raw(str(straight), KILL_STEP)
-  assert not np.allclose(mid['state']['params']['fc']['kernel'], a['state']['params']['fc']['kernel'])
+  assert not np.allclose(mid['state']['params']['fc']['kernel'],
+                         a['state']['params']['fc']['kernel'])
   np.testing.assert_array_equal(mid['state']['params']['conv2_3x3_bn']['scale'],
                                 a['state']['params']['conv2_3x3_bn']['scale'])
   assert [f for f in os.listdir(killed) if f.startswith('events.out.tfevents')]
@@ -478,3 +490,27 @@ def test_pretrain_san_cli_exports_a_graftable_san(tiny_dataset, tmp_path, jax_ca
   np.testing.assert_array_equal(grafted['params']['san']['conv1']['kernel'],
                                 variables['params']['conv1']['kernel'])
   assert (tmp_path / train.SAN_PRETRAIN_DIR / 'checkpoints' / '2').is_dir()
+
+
+# ---------------------------------------------------------------------------------------------
+# Train -> final evaluation (sta_cnn_jax.evaluate) -> --mode=eval / export on the checkpoint.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_train_then_eval_and_export(tiny_dataset, tmp_path, monkeypatch, jax_cache_dir):
+  """--mode=train, then --mode=eval (the lead's 25-segment protocol) and --mode=export on the
+  checkpoint it left."""
+  monkeypatch.setattr(train, 'create_model', standin_create_model)
+  config = _loop_config(tiny_dataset, **{'num_train_steps': 2,
+                                         'eval.batch_size': jax.device_count()})
+  state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 2
+  results = train.evaluate_checkpoint(config, str(tmp_path))
+  assert results['num_videos'] == 2 and results['row'] == config.row
+  assert json.loads((tmp_path / 'results.json').read_text())['metrics'] == results['metrics']
+  out = train.export(config, str(tmp_path))
+  variables, loaded = checkpoints.load_inference(out)
+  for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(
+      {'params': state.params, 'batch_stats': state.batch_stats})):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert loaded.row == config.row
