@@ -1,6 +1,6 @@
 r"""The whole STA-CNN job on an embedded default, in a few minutes on 2 CPU cores.
 
-    python -m sta_cnn_jax.demo [--workdir=demo_out] [--rows=baseline,sta_ts3x3_3x1]
+    python -m sta_cnn_jax.demo [--workdir=demo_out] [--rows=baseline,sta_ts3x3_3x1] [--steps=N]
 
 1. writes a small synthetic video dataset in the UCF101 on-disk layout (`data_prep.synthetic`);
 2. prepares TFRecord shards of RGB frames and optical flow (`data_prep.prepare`);
@@ -39,8 +39,9 @@ from sta_cnn_jax import train
 from sta_cnn_jax import visualize
 
 _WORKDIR = flags.DEFINE_string("workdir", "demo_out", "Where everything is written.")
-_ROWS = flags.DEFINE_list("rows", ["baseline", "tam_ts3x3_3x1", "sta_ts3x3_3x1"],
-                          "Rows of configs/demo.py to train and compare.")
+_ROWS = flags.DEFINE_list("rows", ["baseline", "sta_ts3x3_3x1"],
+                          "Rows of configs/demo.py to train and compare (any row of "
+                          "configs/base.py, e.g. add tam_ts3x3_3x1).")
 _MODALITY = flags.DEFINE_enum("modality", "rgb", ["rgb", "flow"], "Stream to train.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the synthetic dataset.")
 _STEPS = flags.DEFINE_integer("steps", 0, "Training steps per row (0: configs/demo.py's).")
