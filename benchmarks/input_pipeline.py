@@ -137,8 +137,8 @@ def bench_train(data_dir, modality, strategy, args):
   return args.batches * args.batch_size / seconds
 
 
-def bench_decode_loop(data_dir, modality, strategy, args):
-  """Decodes K*T frames (flow: x and y planes) per clip, one tf.io.decode_jpeg call each."""
+def _encoded_frames(data_dir, modality, strategy):
+  """(JPEG planes of one video, planes decoded per clip, channels) for the decode baselines."""
   n, m = STRATEGIES[strategy]
   per_clip = n * m * (2 if modality == "rgb" else 5 * 2)
   record = next(iter(tf.data.TFRecordDataset(ip.find_shards(data_dir, "train")[:1])))
@@ -146,7 +146,12 @@ def bench_decode_loop(data_dir, modality, strategy, args):
   parsed = tf.io.parse_single_example(record, {k: tf.io.VarLenFeature(tf.string)
                                                for k in keys})
   frames = tf.concat([parsed[k].values for k in keys], 0)
-  channels = 3 if modality == "rgb" else 1
+  return frames, per_clip, 3 if modality == "rgb" else 1
+
+
+def bench_decode_loop(data_dir, modality, strategy, args):
+  """Decodes K*T frames (flow: x and y planes) per clip, one tf.io.decode_jpeg call each."""
+  frames, per_clip, channels = _encoded_frames(data_dir, modality, strategy)
   clips = max(1, args.batches * args.batch_size // 2)
   for i in range(per_clip):  # warm-up
     tf.io.decode_jpeg(frames[i % len(frames)], channels=channels,
@@ -161,14 +166,7 @@ def bench_decode_loop(data_dir, modality, strategy, args):
 
 def bench_decode_tfdata(data_dir, modality, strategy, args):
   """The same decodes as decode_loop, as a parallel tf.data map over all cores (no augment)."""
-  n, m = STRATEGIES[strategy]
-  per_clip = n * m * (2 if modality == "rgb" else 5 * 2)
-  record = next(iter(tf.data.TFRecordDataset(ip.find_shards(data_dir, "train")[:1])))
-  keys = ("rgb",) if modality == "rgb" else ("flow_x", "flow_y")
-  parsed = tf.io.parse_single_example(record, {k: tf.io.VarLenFeature(tf.string)
-                                               for k in keys})
-  frames = tf.concat([parsed[k].values for k in keys], 0)
-  channels = 3 if modality == "rgb" else 1
+  frames, per_clip, channels = _encoded_frames(data_dir, modality, strategy)
   ds = tf.data.Dataset.from_tensor_slices(frames).repeat().map(
       lambda b: tf.io.decode_jpeg(b, channels=channels, dct_method=ip.JPEG_DCT_METHOD),
       num_parallel_calls=tf.data.AUTOTUNE).batch(per_clip).prefetch(tf.data.AUTOTUNE)
