@@ -17,7 +17,7 @@ Settings (SETTINGS; names for --settings):
   sta_rgb         STA-TS(3x3,3x1) RGB, 2 x 9        (no peer)
   sta_flow        STA-TS(3x3,3x1) flow, 2 x 9       (no peer)
 
-  python -m benchmarks.compare --settings tsn3,tam_masked,tam_recompute --rounds 5 \
+  python -m benchmarks.compare --settings tsn3,tam_masked+tam_recompute --rounds 5 \
       [--jax_variants default,eigen] [--peer_python /work/venv-peer/bin/python] [--dtype float32]
 """
 
@@ -172,29 +172,35 @@ def start_peer(peer_python: str) -> common.Worker:
                        PEER_ENV)
 
 
-def run_setting(name: str, a, matmul_rates: dict) -> None:
-  s = SETTINGS[name]
-  workers, requests, infos = [], {}, {}
+def run_setting(names: list[str], a, matmul_rates: dict) -> None:
+  """Benchmarks the settings `names` together: all their workers interleaved in one run."""
+  workers, requests, infos, of = [], {}, {}, {}
   try:
-    for v in a.jax_variants:
-      w = start_jax(v)
-      infos[w.name] = w.call('step_setup', setting=name, size=a.size, dtype=a.dtype,
-                             warmup=a.warmup)
-      workers.append(w)
-      requests[w.name] = ('step_time', {'reps': 1})
-    if s.peer is not None and a.peer_python:
+    for name in names:
+      for v in a.jax_variants:
+        w = start_jax(v)
+        if len(names) > 1:
+          w.name = f'{w.name}:{name}'
+        infos[w.name] = w.call('step_setup', setting=name, size=a.size, dtype=a.dtype,
+                               warmup=a.warmup)
+        workers.append(w)
+        of[w.name] = name
+        requests[w.name] = ('step_time', {'reps': 1})
+    peer_setting = next((n for n in names if SETTINGS[n].peer is not None), None)
+    if peer_setting and a.peer_python:
       w = start_peer(a.peer_python)
       infos[w.name] = w.call('step_setup', warmup=a.warmup, size=a.size, classes=NUM_CLASSES,
-                             dtype=a.dtype, **s.peer)
+                             dtype=a.dtype, **SETTINGS[peer_setting].peer)
       workers.append(w)
+      of[w.name] = peer_setting
       requests[w.name] = ('step_time', {'reps': 1})
     times = common.interleave(workers, requests, a.rounds)
     # The machine's matmul rate, measured by the same workers right after.
     for w in workers:
       mm = w.call('matmul', reps=3)
       matmul_rates.setdefault(w.name, []).append(mm['flop'] / min(mm['times']) / 1e9)
-    snippets = s.peer['segments'] if s.peer else None
     for w in workers:
+      s = SETTINGS[of[w.name]]
       info = infos[w.name]
       med = statistics.median(times[w.name])
       if w.name == 'torch':
@@ -205,7 +211,7 @@ def run_setting(name: str, a, matmul_rates: dict) -> None:
         frames = s.batch * config.temporal.num_segments * config.temporal.snippets_per_segment
         work = info['step_flops']
       common.emit({
-          'bench': 'compare', 'setting': name, 'worker': w.name, 'row': s.row,
+          'bench': 'compare', 'setting': of[w.name], 'worker': w.name, 'row': s.row,
           'modality': s.modality, 'tam_backward': s.tam_backward if w.name != 'torch' else
           ('masked' if s.peer.get('step') == 'tam' else None), 'dtype': a.dtype,
           'videos': s.batch, 'frames': frames, 'size': a.size,
@@ -217,16 +223,26 @@ def run_setting(name: str, a, matmul_rates: dict) -> None:
           'achieved_gflops': common.rate(work / 1e9, med, 1),
           'matmul_gflops': round(matmul_rates[w.name][-1], 1),
           **{k: info[k] for k in ('version', 'xla_flags', 'finite') if k in info}})
-    ref = 'torch' if 'torch' in times else None
-    if ref:
+    # Per-round ratios (same-round pairs): every JAX worker against the peer (speed ratio,
+    # >1 = we are faster) and, when several settings run together, step-time ratios of each
+    # worker to the first one (e.g. recompute / masked).
+    if 'torch' in times:
       for w in workers:
-        if w.name != ref:
-          r = common.round_ratios(times[ref], times[w.name])
-          common.emit({'bench': 'compare', 'setting': name, 'ratio': f'{w.name}/torch',
+        if w.name != 'torch':
+          r = common.round_ratios(times['torch'], times[w.name])
+          common.emit({'bench': 'compare', 'setting': of[w.name], 'ratio': f'{w.name}/torch',
                        'speed_ratio_median': r['median'], 'q25': r['q25'], 'q75': r['q75'],
                        'rounds': r['n'], 'load_avg': common.load_average(),
                        'note': 'per-round torch step time / our step time (>1: we are faster)'})
-    del snippets
+    if len(names) > 1:
+      first = workers[0].name
+      for w in workers[1:]:
+        if w.name != 'torch':
+          r = common.round_ratios(times[w.name], times[first])
+          common.emit({'bench': 'compare', 'ratio': f'{w.name} / {first}',
+                       'step_time_ratio_median': r['median'], 'q25': r['q25'],
+                       'q75': r['q75'], 'rounds': r['n'],
+                       'note': 'per-round step time ratio (<1: the first is slower)'})
   finally:
     for w in workers:
       w.close()
@@ -234,7 +250,8 @@ def run_setting(name: str, a, matmul_rates: dict) -> None:
 
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  ap.add_argument('--settings', default='tsn3,tam_masked,tam_recompute')
+  ap.add_argument('--settings', default='tsn3,tam_masked+tam_recompute',
+                  help="comma list; settings joined by '+' are interleaved in one run")
   ap.add_argument('--jax_variants', default='eigen')
   ap.add_argument('--peer_python', default=common.peer_python_default(),
                   help="PyTorch peer interpreter ('' = JAX only)")
@@ -256,11 +273,13 @@ def main(argv=None):
           file=sys.stderr)
     a.peer_python = ''
   matmul_rates = {}
-  for name in a.settings.split(','):
-    if name not in SETTINGS:
-      raise SystemExit(f'benchmarks/compare.py: unknown setting {name!r}; one of '
-                       f'{list(SETTINGS)}')
-    run_setting(name, a, matmul_rates)
+  for group in a.settings.split(','):
+    names = group.split('+')
+    for name in names:
+      if name not in SETTINGS:
+        raise SystemExit(f'benchmarks/compare.py: unknown setting {name!r}; one of '
+                         f'{list(SETTINGS)}')
+    run_setting(names, a, matmul_rates)
 
 
 if __name__ == '__main__':

@@ -2,6 +2,8 @@
 
 All take NHWC inputs and HWIO kernels and compute exactly lax.conv_general_dilated's result.
   'lax'  lax.conv_general_dilated; its VJP is XLA's (transposed convs).
+  'ours' sta_cnn_jax.models.layers.conv2d, what BN-Inception uses: 1x1 stride-1 convs as
+         matmuls with a transpose-free custom VJP, other convs as 'lax'.
   'dot'  custom VJP: 1x1 stride-1 convs as matmuls (forward, dx and dw); k>1 convs forward and
          dx as XLA convs; every dw as one im2col matmul: patches(x)ᵀ (k²·C_in, N·Ho·Wo) @ dy.
 """
@@ -73,6 +75,9 @@ def make_conv(impl, strides, padding):
   strides, padding = tuple(strides), tuple(tuple(p) for p in padding)
   if impl == 'lax':
     return lambda x, w: lax_conv(x, w, strides, padding)
+  if impl == 'ours':
+    from sta_cnn_jax.models import layers  # pylint: disable=g-import-not-at-top
+    return lambda x, w: layers.conv2d(x, w, strides, padding)
   if impl == 'dot':
     return lambda x, w: dot_conv(x, w, strides, padding)
   raise ValueError(f'benchmarks/conv_impl.py: unknown conv implementation {impl!r}')

@@ -15,6 +15,7 @@ Variants (comma list --variants; each is one worker process, all interleaved rou
   xla_dot        1x1 convs as einsum (a matmul), k>1 convs as xla; dw of every conv as an
                  im2col matmul (patches (N·Ho·Wo, k²·C_in)ᵀ @ dy)
   xla_bf16       xla in bfloat16
+  xla_ours       what the model runs: models/layers.conv2d (1x1 as matmuls) with YNNPACK off
   ... see VARIANTS.
 
   python -m benchmarks.conv_layers [--size 224 --batch 12 --rounds 5 --reps 3
@@ -51,6 +52,7 @@ VARIANTS = {
     'xla_bf16': ('jax', {}, {'dtype': 'bfloat16', 'impl': 'lax'}),
     'xla_dot_bf16': ('jax', {}, {'dtype': 'bfloat16', 'impl': 'dot'}),
     'xla_eigen_bf16': ('jax', {'XLA_FLAGS': YNN_OFF}, {'dtype': 'bfloat16', 'impl': 'lax'}),
+    'xla_ours': ('jax', {'XLA_FLAGS': YNN_OFF}, {'dtype': 'float32', 'impl': 'ours'}),
 }
 
 

@@ -116,7 +116,8 @@ def get_base_config(modality: str = 'rgb') -> ml_collections.ConfigDict:
   config.temporal.snippets_per_segment = 1     # M
   config.temporal.top_n = 1                    # top_n, or top_m per segment when M > 1
   config.temporal.consensus = 'average'        # 'tam' (Alg. 1) | 'average' (TSN averaged logits)
-  config.temporal.tam_backward = 'masked'      # 'masked': literal Algorithm 1 (masked loss)
+  config.temporal.tam_backward = 'masked'      # 'masked': literal Algorithm 1 (masked loss, full
+                                               # backward); 'recompute': score all, backprop top only
 
   # Loss (Eq. 10).
   config.aux_loss_weight = 0.5                 # λ; not given in the paper

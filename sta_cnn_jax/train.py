@@ -48,7 +48,8 @@ from sta_cnn_jax.models import STACNN, SpatialAttentionNetwork, input_channels, 
 AXIS = parallel.AXIS_NAME
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 CONSENSUS = ('tam', 'average')
-TAM_BACKWARD = ('masked',)
+# Algorithm 1's backward (config.temporal.tam_backward), see `loss_and_grads`.
+TAM_BACKWARD = ('masked', 'recompute')
 SAN_PRETRAIN_DIR = 'san_pretrain'
 # Initialisation runs once: compiling it without XLA backend optimisations saves most of its
 # compile time (e.g. ~65 s -> ~20 s for BN-Inception on 2 CPU cores) at no cost that matters.
@@ -232,35 +233,125 @@ def compute_metrics(logits: jnp.ndarray, labels: jnp.ndarray, loss: jnp.ndarray,
   }
 
 
+def selected_indices(mask: jnp.ndarray, count: int) -> jnp.ndarray:
+  """(B, count) positions of the 1s of a 0/1 mask (B, S) with exactly `count` ones per row,
+  in increasing order (`lax.top_k` is stable, so ties keep the earlier position)."""
+  _, idx = lax.top_k(mask, count)
+  return jnp.sort(idx, axis=-1)
+
+
+def num_selected(config: ml_collections.ConfigDict) -> int:
+  """Snippets per video that Algorithm 1 back-propagates: top_n, or N·top_m for TS(N×M)."""
+  t = config.temporal
+  return t.top_n * (t.num_segments if t.snippets_per_segment > 1 else 1)
+
+
+def frozen_as_constants(params: Any, config: ml_collections.ConfigDict) -> Any:
+  """Under partial BN, the frozen BN scales / shifts enter the network through stop_gradient:
+  the optimizer keeps them fixed anyway (`create_optimizer`), and without a gradient XLA does
+  not compute the two per-channel reductions per frozen BN (as requires_grad=False does in
+  tsn-pytorch). Their gradient is then exactly 0."""
+  if not config.model.partial_bn:
+    return params
+  return jax.tree_util.tree_map(lambda label, p: lax.stop_gradient(p) if label == FROZEN else p,
+                                partial_bn_labels(params), params)
+
+
+def _apply(state: TrainState, params: Any, x: jnp.ndarray, rng: jax.Array, b: int, s: int):
+  """The network in training mode on (B*S, H, W, C) -> (logits (B, S, C), aux | None, state)."""
+  outputs, new_model_state = state.apply_fn(
+      {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
+      mutable=['batch_stats'], rngs={'dropout': rng})
+  logits = outputs['logits'].reshape(b, s, -1)                              # (B, S, C)
+  aux_logits = outputs['aux_logits']
+  if aux_logits is not None:
+    aux_logits = aux_logits.reshape(b, s, -1)
+  return logits, aux_logits, new_model_state
+
+
+def loss_and_grads(state: TrainState, x: jnp.ndarray, labels: jnp.ndarray, rng: jax.Array,
+                   config: ml_collections.ConfigDict) -> tuple[jnp.ndarray, Any, dict]:
+  """Loss and (per-device) gradients of one step; x (B*S, H, W, C_in), labels (B,).
+
+  Returns (loss, grads, aux) with aux = {'model_state', 'logits' (B, S, C) of every snippet,
+  'alpha', 'mask' (B, S)}.
+
+  `temporal.tam_backward` (consensus 'tam' only) chooses how Algorithm 1 is differentiated:
+    'masked'    the literal algorithm: forward all B·S snippets with gradient tracking, mask the
+                per-snippet losses with β; the backward pass still runs through every snippet
+                (zero cotangents for the unselected ones) -- 3·S forwards of work per video.
+    'recompute' forward all snippets WITHOUT gradient to score α and select β, then gather the
+                selected B·N·top_m snippets (static count, jnp.take_along_axis) and forward +
+                backward only those -- S + 3·selected forwards of work (0.67x for TS(3×3,3×1)).
+  Partial BN's first layer (`conv1_7x7_s2_bn`, batch statistics in training) in each mode:
+    'masked'    normalises with the statistics of all B·S snippets, gradients flow through them;
+                running averages are updated from all B·S snippets.
+    'recompute' the scoring pass normalises with the statistics of all B·S snippets and uses
+                the same dropout key (so α and β are exactly those of 'masked'); its
+                running-average update is the one kept (as in 'masked'); the gradient pass
+                normalises the selected snippets with THEIR batch statistics (B·N·top_m of
+                them) and its running-average update is discarded. Every other BN uses
+                running statistics in both modes; dropout draws fresh masks in the gradient
+                pass.
+  Hence with BN in running-statistics mode and no dropout both give the same loss and
+  gradients (tests/test_recompute.py); with partial BN they differ only through the first BN's
+  statistics.
+  """
+  b = labels.shape[0]
+  s = x.shape[0] // b
+  t = config.temporal
+  if t.consensus != 'tam' or t.tam_backward == 'masked':
+    def loss_fn(params):
+      params = frozen_as_constants(params, config)
+      logits, aux_logits, new_model_state = _apply(state, params, x, rng, b, s)
+      alpha, mask = temporal_selection(logits, config)
+      loss = compute_loss(logits, aux_logits, labels, mask, config)
+      return loss, {'model_state': new_model_state, 'logits': logits, 'alpha': alpha,
+                    'mask': mask}
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return loss, grads, aux
+
+  # 'recompute': scoring pass (no gradient is taken through it; the same dropout key as
+  # 'masked', so α and β equal masked's also with dropout) ...
+  grad_rng = jax.random.fold_in(rng, 1)
+  logits, _, scored_model_state = _apply(state, lax.stop_gradient(state.params),
+                                         lax.stop_gradient(x), rng, b, s)
+  logits = lax.stop_gradient(logits)
+  alpha, mask = temporal_selection(logits, config)
+  k = num_selected(config)
+  idx = selected_indices(mask, k)                                          # (B, K)
+  x_sel = jnp.take_along_axis(x.reshape((b, s) + x.shape[1:]),
+                              idx.reshape(idx.shape + (1,) * (x.ndim - 1)), axis=1)
+  x_sel = x_sel.reshape((b * k,) + x.shape[1:])                            # (B*K, H, W, C_in)
+
+  # ... then forward + backward of the selected snippets only (each has β = 1).
+  def loss_fn(params):
+    params = frozen_as_constants(params, config)
+    sel_logits, sel_aux, _ = _apply(state, params, x_sel, grad_rng, b, k)
+    return losses.tam_loss(sel_logits, labels, jnp.ones((b, k), jnp.float32), sel_aux,
+                           config.aux_loss_weight)
+  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  return loss, grads, {'model_state': scored_model_state, 'logits': logits, 'alpha': alpha,
+                       'mask': mask}
+
+
 def train_step(state: TrainState, batch: dict, rng: jax.Array, config: ml_collections.ConfigDict,
                learning_rate_fn: Optional[optax.Schedule] = None) -> tuple[TrainState, dict]:
   """One SGD step on this device's batch {'frames': (B, S, H, W, C_in) uint8, 'label': (B,)}.
 
   rng: replicated key data; dropout uses fold_in(rng, step, device index).
   Returns the new state (identical on all devices) and pmean'd metrics, including `finite`.
+  Algorithm 1's backward follows config.temporal.tam_backward (`loss_and_grads`).
   """
   frames, labels = batch['frames'], batch['label']
   b, s = frames.shape[:2]
   x = normalize_batch(frames.reshape((b * s,) + frames.shape[2:]), config)  # (B*S, H, W, C_in)
   dropout_rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), lax.axis_index(AXIS))
-
-  def loss_fn(params):
-    outputs, new_model_state = state.apply_fn(
-        {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
-        mutable=['batch_stats'], rngs={'dropout': dropout_rng})
-    logits = outputs['logits'].reshape(b, s, -1)                            # (B, S, C)
-    aux_logits = outputs['aux_logits']
-    if aux_logits is not None:
-      aux_logits = aux_logits.reshape(b, s, -1)
-    alpha, mask = temporal_selection(logits, config)
-    loss = compute_loss(logits, aux_logits, labels, mask, config)
-    return loss, (new_model_state, logits, alpha, mask)
-
-  (loss, (new_model_state, logits, alpha, mask)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params)
+  loss, grads, aux = loss_and_grads(state, x, labels, dropout_rng, config)
+  logits, alpha, mask = aux['logits'], aux['alpha'], aux['mask']
   grads = lax.pmean(grads, AXIS)
   new_state = state.apply_gradients(grads=grads,
-                                    batch_stats=new_model_state.get('batch_stats', {}))
+                                    batch_stats=aux['model_state'].get('batch_stats', {}))
   metrics = compute_metrics(logits, labels, loss, alpha, mask)
   metrics['grad_norm'] = optax.global_norm(grads)
   if learning_rate_fn is not None:

@@ -1,0 +1,80 @@
+"""models/layers.py against the Flax / lax operations it replaces: same parameters, values and
+gradients (up to float32 summation order), also with ties in max pooling."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sta_cnn_jax.models import layers
+from sta_cnn_jax.models.bn_inception import _pool_padding
+
+RTOL = 1e-5
+
+
+def _close(a, b, rtol=RTOL):
+  scale = max(float(np.abs(np.asarray(b)).max()), 1e-6)
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=rtol * scale)
+
+
+@pytest.mark.parametrize('kernel,stride', [(1, 1), (3, 1), (3, 2), (7, 2)])
+def test_conv_equals_flax_conv(kernel, stride):
+  pad = ((kernel // 2, kernel // 2),) * 2
+  ref = nn.Conv(5, (kernel, kernel), (stride, stride), padding=pad)
+  ours = layers.Conv(5, (kernel, kernel), (stride, stride), padding=pad)
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 8, 3)), jnp.float32)
+  variables = ref.init(jax.random.PRNGKey(0), x)
+  mine = ours.init(jax.random.PRNGKey(0), x)
+  assert jax.tree_util.tree_structure(mine) == jax.tree_util.tree_structure(variables)
+  for a, b in zip(jax.tree_util.tree_leaves(mine), jax.tree_util.tree_leaves(variables)):
+    np.testing.assert_array_equal(a, b)  # same names, shapes and initial values
+  _close(ours.apply(variables, x), ref.apply(variables, x))
+  loss = lambda m: lambda v, x: jnp.sum(jnp.sin(m.apply(v, x)))
+  g_ours = jax.grad(loss(ours), argnums=(0, 1))(variables, x)
+  g_ref = jax.grad(loss(ref), argnums=(0, 1))(variables, x)
+  for a, b in zip(jax.tree_util.tree_leaves(g_ours), jax.tree_util.tree_leaves(g_ref)):
+    _close(a, b)
+
+
+def test_pointwise_conv_is_a_matmul_in_both_directions():
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.standard_normal((2, 3, 4, 5)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((5, 6)), jnp.float32)
+  dy = jnp.asarray(rng.standard_normal((2, 3, 4, 6)), jnp.float32)
+  y, vjp = jax.vjp(layers.pointwise_conv, x, w)
+  xn, wn, dyn = (np.asarray(a, np.float64) for a in (x, w, dy))
+  _close(y, np.einsum('nhwc,co->nhwo', xn, wn))
+  dx, dw = vjp(dy)
+  _close(dx, np.einsum('nhwo,co->nhwc', dyn, wn))
+  _close(dw, np.einsum('nhwc,nhwo->co', xn, dyn))
+  b = jnp.asarray(rng.standard_normal(6), jnp.float32)
+  _, vjp = jax.vjp(layers.bias_add, y, b)
+  _close(vjp(dy)[1], dyn.sum((0, 1, 2)))
+
+
+@pytest.mark.parametrize('size,stride,pad', [(16, 2, 0), (7, 1, 1), (14, 2, 0), (13, 2, 0)])
+def test_max_pool_equals_reduce_window_with_ties(size, stride, pad):
+  rng = np.random.default_rng(2)
+  # ReLU-like input rounded to one decimal: many windows hold tied maxima (zeros and equal
+  # values); the gradient must go to the first maximum in row-major order, as lax's.
+  x = jnp.asarray(np.maximum(rng.standard_normal((2, size, size, 3)), 0).round(1), jnp.float32)
+  padding = (_pool_padding(size, stride, pad), _pool_padding(size, stride, pad))
+  ref = lambda x: nn.max_pool(x, (3, 3), (stride, stride), padding)
+  ours = lambda x: layers.max_pool(x, stride, padding)
+  y_ref, vjp_ref = jax.vjp(ref, x)
+  y, vjp = jax.vjp(ours, x)
+  np.testing.assert_array_equal(y, y_ref)
+  dy = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+  _close(vjp(dy)[0], vjp_ref(dy)[0])
+
+
+def test_avg_pool_equals_flax_counting_padding():
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.standard_normal((2, 6, 5, 3)), jnp.float32)
+  ref = lambda x: nn.avg_pool(x, (3, 3), (1, 1), ((1, 1), (1, 1)), count_include_pad=True)
+  y_ref, vjp_ref = jax.vjp(ref, x)
+  y, vjp = jax.vjp(layers.avg_pool_count_pad, x)
+  _close(y, y_ref)
+  dy = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+  _close(vjp(dy)[0], vjp_ref(dy)[0])
