@@ -13,7 +13,7 @@ import optax
 import pytest
 
 from sta_cnn_jax import parallel, train
-from tests.train_utils import random_batch, tiny_config
+from tests.train_utils import random_batch, standin_head, tiny_config
 
 NUM_CLASSES = 3
 CROP = 32
@@ -33,12 +33,7 @@ class RunningStatsNet(nn.Module):
         nn.Conv(8, (3, 3), (2, 2), name='conv1_7x7_s2')(x[..., :3])))
     x = nn.relu(nn.BatchNorm(use_running_average=True, name='conv2_3x3_bn')(
         nn.Conv(8, (3, 3), (2, 2), name='conv2_3x3')(x)))
-    pooled = jnp.mean(x, axis=(1, 2))
-    logits = nn.Dense(self.num_classes, name='fc')(
-        nn.Dropout(self.dropout_rate)(pooled, deterministic=not train))
-    aux_logits = nn.Dense(self.num_classes, name='aux_fc')(pooled) if self.aux else None
-    return {'logits': logits, 'aux_logits': aux_logits, 'attention': None, 'flow': None,
-            'features': x}
+    return standin_head(x, self.num_classes, self.dropout_rate, self.aux, train)
 
 
 def _state(config, model, seed=1):

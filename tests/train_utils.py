@@ -154,12 +154,20 @@ class StandIn(nn.Module):
                      name='conv1_7x7_s2_bn')(x)
     x = nn.relu(x)
     x = nn.BatchNorm(use_running_average=True, name='conv2_3x3_bn')(x)
-    pooled = jnp.mean(x, axis=(1, 2))
-    logits = nn.Dense(self.num_classes, name='fc')(
-        nn.Dropout(self.dropout_rate)(pooled, deterministic=not train))
-    aux_logits = nn.Dense(self.num_classes, name='aux_fc')(pooled) if self.aux else None
-    return {'logits': logits, 'aux_logits': aux_logits, 'attention': None, 'flow': None,
-            'features': x}
+    return standin_head(x, self.num_classes, self.dropout_rate, self.aux, train)
+
+
+def standin_head(x, num_classes: int, dropout_rate: float, aux: bool, train: bool) -> dict:
+  """GAP → dropout → 'fc' (and an 'aux_fc' head), returned in STACNN's output dict.
+
+  Call from inside a stand-in's `nn.compact` method: the Dense layers become its submodules.
+  """
+  pooled = jnp.mean(x, axis=(1, 2))
+  logits = nn.Dense(num_classes, name='fc')(
+      nn.Dropout(dropout_rate)(pooled, deterministic=not train))
+  aux_logits = nn.Dense(num_classes, name='aux_fc')(pooled) if aux else None
+  return {'logits': logits, 'aux_logits': aux_logits, 'attention': None, 'flow': None,
+          'features': x}
 
 
 def standin_create_model(config, num_classes):
