@@ -12,6 +12,12 @@ processes (each with one OpenCV thread) and collected per shard; a shard is writ
 soon as all its videos are done, so a killed run resumes where it stopped (see shards.py).
 `--runner=beam` runs the same function as an Apache Beam pipeline (beam.py).
 
+Integrity: a re-run checks every finished shard against the size, record count and SHA-256
+recorded when it was written, and redoes (and lists) the ones that differ, so a truncated or
+overwritten shard is repaired by running the same command again (byte-identical to a clean run).
+`--out=DIR --verify` only checks an output against its manifest.json, writes nothing, prints the
+damaged files and the command that repairs them, and exits with status 1 if any.
+
 Before starting, the flow cost is measured on real frames and the expected time printed
 (per-pair speed × estimated frame pairs / workers). TV-L1 on a CPU core manages ~0.5–0.7 pairs/s
 at 340×256, i.e. days for UCF101 on a few cores: on a GPU/TPU use `--flow=tvl1_jax`.
@@ -26,6 +32,7 @@ import logging as std_logging
 import multiprocessing
 import os
 import pathlib
+import sys
 import threading
 import time
 from typing import Iterator, Sequence
@@ -410,6 +417,44 @@ def manifest_header(options: PrepareOptions, source: sources.Source) -> dict:
   return header
 
 
+def find_pending(out_dir: str, specs: Sequence[shards.ShardSpec]
+                 ) -> tuple[list[shards.ShardSpec], list[shards.Damage]]:
+  """(shards to (re)do, the finished ones among them that were damaged).
+
+  Every finished shard is checked against its summary (size, record count, SHA-256): resume
+  keeps only intact shards. Damaged ones are named in a warning and redone.
+  """
+  finished = sum(shards.gfile_exists(shards.progress_path(out_dir, spec)) for spec in specs)
+  if finished:
+    logging.info("checking %d finished shards (size, records, SHA-256)", finished)
+  pending, damaged = [], []
+  for spec in specs:
+    complete, damage = shards.check_complete(out_dir, spec)
+    if not complete:
+      pending.append(spec)
+    if damage:
+      damaged.append(shards.Damage(spec.filename, damage))
+      logging.warning("%s/%s is damaged (%s): redoing it", out_dir, spec.filename, damage)
+  return pending, damaged
+
+
+def verify(out_dir: str, checksums: bool = True) -> list[shards.Damage]:
+  """`--verify`: checks a prepared output without writing anything; prints the verdict and,
+  for damage, the command that repairs it. Returns the damaged files."""
+  damages, checked = shards.verify_output(out_dir, checksums)
+  what = "size, records, SHA-256" if checksums else "size, records"
+  if not damages:
+    print(f"OK: {out_dir}: {checked} shards and manifest.json verified ({what})", flush=True)
+    return damages
+  print(f"DAMAGED: {out_dir}: {len(damages)} problem(s) ({checked} shards checked: {what}):",
+        flush=True)
+  for damage in damages:
+    print(f"  {damage}", flush=True)
+  print(f"repair (keeps intact shards, redoes damaged ones, rewrites manifest.json):\n  "
+        f"{shards.repair_command(out_dir)}", flush=True)
+  return damages
+
+
 def prepare(options: PrepareOptions | dict) -> dict:
   """Prepares (or resumes preparing) the dataset; writes and returns manifest.json's dict.
 
@@ -426,7 +471,7 @@ def prepare(options: PrepareOptions | dict) -> dict:
   specs = shards.plan_shards(items, options.shard_size, options.modalities)
   shards.check_options(out_dir, options.content_options())
   shards.remove_stale_temporaries(out_dir)
-  pending = [spec for spec in specs if not shards.is_complete(out_dir, spec)]
+  pending, damaged = find_pending(out_dir, specs)
   workers = options.workers
   if options.flow == "tvl1_jax" and workers > 1 and any(
       m in FLOW_MODALITIES for m in options.modalities):
@@ -448,6 +493,9 @@ def prepare(options: PrepareOptions | dict) -> dict:
   manifest = shards.build_manifest(out_dir, specs, manifest_header(options, source),
                                    source.missing)
   shards.write_manifest(out_dir, manifest)
+  if damaged:
+    print(f"repaired {len(damaged)} damaged shard(s): " + "; ".join(map(str, damaged)),
+          flush=True)
   logging.info("wrote %s: %s videos, %d skipped, %d missing", out_dir, manifest["num_videos"],
                len(manifest["skipped"]), len(manifest["missing"]))
   return manifest
@@ -482,6 +530,9 @@ def define_flags() -> None:
   flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir (dataset must be prepared there).")
   flags.DEFINE_list("tfds_splits", ["train", "test"], "TFDS splits to prepare.")
   flags.DEFINE_integer("synthetic_seed", 0, "Seed of the generated synthetic dataset.")
+  flags.DEFINE_bool("verify", False, "Only check an existing --out (every shard's size, record "
+                    "count and SHA-256 against manifest.json) and print the damaged files with "
+                    "the command that repairs them; writes nothing. Exit status 1 if damaged.")
   flags.DEFINE_list("beam_args", [], "Beam pipeline options, e.g. "
                     "--beam_args=--direct_num_workers=4,--direct_running_mode=multi_processing")
 
@@ -504,6 +555,8 @@ def options_from_flags(flag_values: flags.FlagValues) -> PrepareOptions:
 def main(argv: Sequence[str]) -> None:
   del argv
   std_logging.getLogger("tensorflow").setLevel(std_logging.ERROR)
+  if flags.FLAGS.verify:
+    sys.exit(1 if verify(flags.FLAGS.out) else 0)
   manifest = prepare(options_from_flags(flags.FLAGS))
   print(f"done: {manifest['num_videos']} videos, {len(manifest['skipped'])} skipped, "
         f"{len(manifest['missing'])} missing -> {flags.FLAGS.out}", flush=True)

@@ -1,11 +1,15 @@
 """data_prep.shards and data_prep.prepare end to end: Example encoding, shard plan, round trip of
-real clips, broken files, kill-and-resume, Beam DirectRunner, TFDS mock."""
+real clips, broken files, kill-and-resume, damaged-shard repair and --verify, Beam DirectRunner,
+TFDS mock."""
 
 import dataclasses
+import hashlib
 import json
 import os
 import pathlib
 import random
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -164,9 +168,15 @@ def _snapshot(out):
 
 
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory, tiny_synthetic):
+def reference_out(tmp_path_factory, tiny_synthetic):
   out = tmp_path_factory.mktemp("reference")
   manifest = prep.prepare(_options(tiny_synthetic, out))
+  return out, manifest
+
+
+@pytest.fixture(scope="module")
+def reference_run(reference_out):
+  out, manifest = reference_out
   return manifest, _snapshot(out)
 
 
@@ -218,6 +228,123 @@ def test_kill_and_resume_gives_identical_bytes(tmp_path, tiny_synthetic, referen
   prep.prepare(dataclasses.replace(options, workers=1))  # resume (other worker count)
   assert _snapshot(out) == reference_run[1]
   assert not list(out.glob(".*.tmp"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Integrity: damaged shards are found on resume and by --verify, and repaired byte-identical
+
+
+TRAIN_SHARDS = [f"train-rgb+flow+warpflow-{i:05d}-of-00003.tfrecord" for i in range(3)]
+TEST_SHARD = "test-rgb+flow+warpflow-00000-of-00001.tfrecord"
+
+
+def _copy_output(reference_out, dest):
+  shutil.copytree(reference_out[0], dest)
+  return pathlib.Path(dest)
+
+
+def _tree(root):
+  """{relative path: (bytes, mtime_ns)} of every file under root."""
+  root = pathlib.Path(root)
+  return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns)
+          for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _damage(out):
+  """Truncates one shard, flips one byte inside a record of another, zero-fills a third (both
+  same size), deletes the fourth and edits the manifest."""
+  truncated, flipped, zeroed = (out / name for name in TRAIN_SHARDS)
+  truncated.write_bytes(truncated.read_bytes()[:truncated.stat().st_size // 2])
+  data = bytearray(flipped.read_bytes())
+  data[len(data) // 2] ^= 0xFF
+  flipped.write_bytes(bytes(data))
+  zeroed.write_bytes(bytes(zeroed.stat().st_size))
+  (out / TEST_SHARD).unlink()
+  manifest = json.loads((out / "manifest.json").read_text())
+  manifest["num_videos"]["train"] += 1
+  (out / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_resume_redoes_damaged_shards_byte_identical(tmp_path, tiny_synthetic, reference_out,
+                                                     reference_run, capsys):
+  out = _copy_output(reference_out, tmp_path / "out")
+  _damage(out)
+  assert _snapshot(out) != reference_run[1]
+  prep.prepare(_options(tiny_synthetic, out))
+  assert _snapshot(out) == reference_run[1]  # shards and manifest as a clean run wrote them
+  printed = capsys.readouterr().out
+  line = next(l for l in printed.splitlines() if l.startswith("repaired "))
+  assert line.startswith("repaired 4 damaged shard(s): ")
+  assert f"{TRAIN_SHARDS[0]}: truncated: " in line
+  assert f"{TRAIN_SHARDS[1]}: content differs (SHA-256 mismatch)" in line
+  assert f"{TRAIN_SHARDS[2]}: broken TFRecord framing" in line
+  assert f"{TEST_SHARD}: missing" in line
+  assert not list(out.glob(".*.tmp"))
+
+
+def test_resume_upgrades_summaries_written_without_checksums(tmp_path, tiny_synthetic,
+                                                             reference_out, reference_run):
+  """Outputs prepared before integrity records: intact shards are read through (CRCs, record
+  count) and kept, their summaries get size + SHA-256; a truncated one is redone."""
+  out = _copy_output(reference_out, tmp_path / "out")
+  progress = out / shards.PROGRESS_DIR
+  for name in TRAIN_SHARDS:
+    summary = json.loads((progress / f"{name}.json").read_text())
+    del summary["bytes"], summary["sha256"]
+    (progress / f"{name}.json").write_text(json.dumps(summary))
+  kept = out / TRAIN_SHARDS[1]
+  kept_mtime = kept.stat().st_mtime_ns
+  damaged = out / TRAIN_SHARDS[0]
+  damaged.write_bytes(damaged.read_bytes()[:-100])
+  prep.prepare(_options(tiny_synthetic, out))
+  assert _snapshot(out) == reference_run[1]
+  assert kept.stat().st_mtime_ns == kept_mtime  # intact: not rewritten
+  for name in TRAIN_SHARDS:
+    summary = json.loads((progress / f"{name}.json").read_text())
+    assert summary["sha256"] == reference_run[0]["shard_sha256"][name]
+
+
+def test_manifest_records_size_records_and_sha256(reference_out):
+  out, manifest = reference_out
+  for name in TRAIN_SHARDS + [TEST_SHARD]:
+    data = (out / name).read_bytes()
+    assert manifest["shard_bytes"][name] == len(data)
+    assert manifest["shard_sha256"][name] == hashlib.sha256(data).hexdigest()
+    assert manifest["shard_num_videos"][name] == shards.count_records(out / name) == 2
+
+
+def test_verify_names_damage_writes_nothing_and_its_command_repairs(tmp_path, tiny_synthetic,
+                                                                    reference_out,
+                                                                    reference_run):
+  out = _copy_output(reference_out, tmp_path / "out")
+  verify = [sys.executable, "-m", "data_prep.prepare", f"--out={out}", "--verify"]
+  clean = subprocess.run(verify, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+  assert clean.returncode == 0 and clean.stdout.startswith(f"OK: {out}: 4 shards"), clean.stdout
+  _damage(out)
+  before = _tree(out)
+  damages = prep.verify(str(out))
+  assert _tree(out) == before  # nothing written, not even a timestamp
+  found = {d.filename: d.reason for d in damages}
+  assert found[TRAIN_SHARDS[0]].startswith("truncated: ")
+  assert found[TRAIN_SHARDS[1]] == "content differs (SHA-256 mismatch)"
+  assert found[TRAIN_SHARDS[2]].startswith("broken TFRecord framing")
+  assert found[TEST_SHARD] == "missing"
+  assert "num_videos['train'] is 7, its shards hold 6" in found["manifest.json"]
+  assert len(damages) == 5
+
+  proc = subprocess.run(verify, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1, proc.stdout + proc.stderr[-2000:]
+  lines = proc.stdout.splitlines()
+  assert lines[0].startswith(f"DAMAGED: {out}: 5 problem(s)")
+  command = lines[-1].strip()
+  assert command.startswith(f"python -m data_prep.prepare --out={out} --dataset=ucf101 ")
+  assert _tree(out) == before
+  # The printed command is the repair: it reproduces the clean run's bytes.
+  repair = subprocess.run([sys.executable] + shlex.split(command)[1:] + ["--workers=1"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+  assert repair.returncode == 0, repair.stderr[-3000:]
+  assert _snapshot(out) == reference_run[1]
+  assert prep.verify(str(out)) == []
 
 
 def test_rerun_with_other_options_is_refused(tmp_path, tiny_synthetic):
