@@ -8,10 +8,21 @@ Layout of a training workdir:
                                   config.json
 A checkpoint item is `{'state': flax state dict of the TrainState, 'rng': uint32 key data,
 'step': int64}`, all host numpy arrays (written once, by the primary host, in multi-host runs).
+
+Integrity: `restore_latest` tries the checkpoints newest first. In training (`fallback=True`) a
+checkpoint that does not restore (truncated or missing file, unreadable metadata) is logged in
+one line (step, path, reason), moved to `<checkpoints>/corrupt/<step>-<UTC time>` (a folder Orbax
+ignores; nothing is deleted) and the newest checkpoint that restores is used. For inference
+(`fallback=False`) nothing is moved: a corrupt latest checkpoint is an error that says which
+older one restores. If none restores, `CheckpointCorruptError` says so in one line and leaves
+every file in place. A shape mismatch (another config) is never taken for corruption.
 """
 
 import json
 import os
+import re
+import sys
+import time
 from typing import Any, Mapping, Optional
 
 from absl import logging
@@ -30,10 +41,23 @@ EXPORT_DIR = 'export'
 VARIABLES_DIR = 'variables'
 CONFIG_JSON = 'config.json'
 COLLECTIONS = ('params', 'batch_stats')
+# Where checkpoints that do not restore are moved (inside the checkpoint directory; Orbax only
+# lists folders named by a step number).
+CORRUPT_DIR = 'corrupt'
+# Longest reason quoted from a failed restore.
+REASON_CHARS = 300
 
 
 class CheckpointMismatchError(ValueError):
   """A checkpoint does not fit the state the config builds."""
+
+
+class CheckpointCorruptError(RuntimeError):
+  """No usable checkpoint: the one-line message names each step, its path and why it failed."""
+
+
+class _UnreadableCheckpoint(Exception):
+  """A checkpoint whose metadata cannot be read."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,29 +125,140 @@ def check_shapes(expected: Mapping[str, tuple], found: Mapping[str, tuple], what
         'spatial_attention, aux_classifier, san_widths, crop_size)?\n' + '\n'.join(problems))
 
 
-def restore_latest(manager: ocp.CheckpointManager, state: Any, rng: jax.Array
-                   ) -> Optional[tuple[Any, jax.Array, int]]:
-  """Restores the latest checkpoint into `state`'s structure, or returns None if there is none.
+def _is_closed_loop_noise(unraisable: Any) -> bool:
+  error = getattr(unraisable, 'exc_value', None)
+  return isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'
+
+
+def silence_closed_loop_callbacks() -> None:
+  """Drops the 'Event loop is closed' storm that follows a failed Orbax restore.
+
+  Orbax reads a checkpoint's arrays concurrently (asyncio.gather over tensorstore reads) in an
+  event loop it closes as soon as the first read fails. Every read still in flight then
+  completes into `loop.call_soon_threadsafe` on the closed loop, and Python prints each
+  RuntimeError('Event loop is closed') through sys.unraisablehook: dozens of tracebacks after
+  the real error (one per array for a full model). This wraps the current hook so that exactly
+  those are dropped and everything else still reaches it. Idempotent.
+  """
+  if getattr(sys.unraisablehook, 'drops_closed_loop_noise', False):
+    return
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not _is_closed_loop_noise(unraisable):
+      previous(unraisable)
+
+  hook.drops_closed_loop_noise = True
+  sys.unraisablehook = hook
+
+
+def step_path(manager: ocp.CheckpointManager, step: int) -> str:
+  return os.path.join(str(manager.directory), str(step))
+
+
+def _reason(error: BaseException) -> str:
+  """`Type: first line of the message`, without tensorstore's spec dump, at most REASON_CHARS."""
+  lines = str(error).strip().splitlines()
+  text = re.sub(r"\s*\[tensorstore_spec=.*", '', lines[0] if lines else '').strip()
+  if len(text) > REASON_CHARS:
+    text = text[:REASON_CHARS - 3] + '...'
+  return f'{type(error).__name__}: {text}' if text else type(error).__name__
+
+
+def _restore_step(manager: ocp.CheckpointManager, step: int, target: dict) -> dict:
+  """One checkpoint, shape-checked against `target`; any failure other than a shape mismatch
+  means the checkpoint is unreadable."""
+  metadata = manager.item_metadata(step)
+  tree = getattr(metadata, 'tree', metadata)
+  if tree is None:
+    raise _UnreadableCheckpoint('no readable metadata')
+  check_shapes(_flat_shapes(target), _flat_shapes(dict(tree)),
+               f'checkpoint {step_path(manager, step)}')
+  return manager.restore(step, args=ocp.args.StandardRestore(target))
+
+
+def move_aside(manager: ocp.CheckpointManager, step: int) -> str:
+  """Renames checkpoint `step` to <directory>/corrupt/<step>-<UTC time> (process 0 only);
+  returns the new path. Nothing is deleted."""
+  root = os.path.join(str(manager.directory), CORRUPT_DIR)
+  stamp = time.strftime('%Y%m%d-%H%M%S', time.gmtime())
+  dest = os.path.join(root, f'{step}-{stamp}')
+  suffix = 1
+  while os.path.exists(dest):
+    dest = os.path.join(root, f'{step}-{stamp}-{suffix}')
+    suffix += 1
+  if jax.process_index() == 0:
+    os.makedirs(root, exist_ok=True)
+    os.rename(step_path(manager, step), dest)
+  return dest
+
+
+def restore_latest(manager: ocp.CheckpointManager, state: Any, rng: jax.Array,
+                   fallback: bool = True) -> Optional[tuple[Any, jax.Array, int]]:
+  """Restores the newest checkpoint that restores into `state`'s structure; None if there is
+  no checkpoint at all.
 
   `state` is the freshly initialised (unreplicated) state the config builds; the checkpoint's
   array shapes are checked against it first and a mismatch raises CheckpointMismatchError
   naming each path and both shapes.
+
+  Checkpoints that do not restore: with `fallback` (training) each is logged in one line (step,
+  path, reason) and moved to <directory>/corrupt/ (`move_aside`), and the newest one that
+  restores is returned. Without `fallback` (eval, export) nothing is moved and a corrupt latest
+  checkpoint raises CheckpointCorruptError naming the newest one that does restore. If none
+  restores, CheckpointCorruptError lists them all; nothing is moved or deleted.
   """
-  step = manager.latest_step()
-  if step is None:
+  manager.reload()  # the steps on disk now
+  steps = sorted(manager.all_steps(), reverse=True)
+  if not steps:
     return None
   target = _item(state, rng, 0)
-  where = os.path.join(str(manager.directory), str(step))
-  metadata = manager.item_metadata(step)
-  tree = getattr(metadata, 'tree', metadata)
-  if tree is None:
-    raise CheckpointMismatchError(f'checkpoint {where} has no readable metadata (not written '
-                                  'by sta_cnn_jax.checkpoints?)')
-  check_shapes(_flat_shapes(target), _flat_shapes(dict(tree)), f'checkpoint {where}')
-  restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+  directory = str(manager.directory)
+  silence_closed_loop_callbacks()
+  failed, restored = [], None
+  for step in steps:
+    try:
+      restored = _restore_step(manager, step, target)
+      break
+    except CheckpointMismatchError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  # any read error: unusable checkpoint
+      failed.append((step, _reason(e)))
+  listing = '; '.join(f'step {s} at {step_path(manager, s)} ({r})' for s, r in failed)
+  if restored is None:
+    manager.wait_until_finished()
+    raise CheckpointCorruptError(
+        f'no checkpoint in {directory} restores: {listing}. Nothing was moved or deleted; '
+        f'repair or restore those files, or start over with another --workdir.')
+  good = int(restored['step'])
+  if failed and not fallback:
+    raise CheckpointCorruptError(
+        f'the latest checkpoint does not restore: {listing}; the newest one that restores is '
+        f'step {good}. Nothing was moved or deleted: run --mode=train with this --workdir to '
+        f'move the corrupt one(s) aside and resume from step {good}, or move '
+        f'{step_path(manager, failed[0][0])} away yourself to use step {good} as it is.')
+  for step, reason in failed:
+    dest = move_aside(manager, step)
+    logging.warning('checkpoint step %d at %s does not restore (%s); moved it to %s, resuming '
+                    'from step %d', step, step_path(manager, step), reason, dest, good)
+  if failed:
+    if jax.process_count() > 1:
+      ocp.multihost.sync_global_processes('sta_cnn_jax_corrupt_checkpoints_moved')
+    manager.reload()
   new_state = flax.serialization.from_state_dict(state, restored['state'])
-  logging.info('restored checkpoint %s (step %d)', where, int(restored['step']))
-  return new_state, np.asarray(restored['rng'], np.uint32), int(restored['step'])
+  logging.info('restored checkpoint %s (step %d)', step_path(manager, good), good)
+  return new_state, np.asarray(restored['rng'], np.uint32), good
+
+
+def last_checkpoint_note(manager: ocp.CheckpointManager) -> str:
+  """Waits for pending saves; 'the last checkpoint, step N in DIR, is kept' (or that there is
+  none): for messages of a run that stops on an error."""
+  manager.wait_until_finished()
+  last = manager.latest_step()
+  if last is None:
+    return f'no checkpoint was written in {manager.directory}'
+  return (f'the last checkpoint, step {last} in {manager.directory}, is kept: resume with the '
+          'same command once the cause is fixed')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,9 +298,15 @@ def load_inference(directory: str) -> tuple[dict, ml_collections.ConfigDict]:
   if not os.path.isdir(path) or not os.path.isfile(config_path):
     raise FileNotFoundError(f'{directory}: not an inference export (expected {VARIABLES_DIR}/ '
                             f'and {CONFIG_JSON}, written by export_inference / --mode=export)')
-  variables = ocp.StandardCheckpointer().restore(path)
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  silence_closed_loop_callbacks()
+  try:
+    variables = ocp.StandardCheckpointer().restore(path)
+    with open(config_path) as f:
+      config = ml_collections.ConfigDict(json.load(f))
+  except Exception as e:  # pylint: disable=broad-except  # any read error: unusable export
+    raise CheckpointCorruptError(
+        f'the inference export {directory} does not restore ({_reason(e)}); export it again '
+        '(--mode=export with its training --workdir, whose checkpoints are untouched)') from None
   variables = {k: variables.get(k, {}) for k in COLLECTIONS}
   return variables, config
 

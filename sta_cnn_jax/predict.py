@@ -221,7 +221,7 @@ def load_stream(directory: str, class_names: Optional[Sequence[str]] = None,
   directory = _resolve_export_dir(os.path.abspath(str(directory)))
   try:
     variables, config = checkpoints_lib.load_inference(directory)
-  except FileNotFoundError as e:
+  except (FileNotFoundError, checkpoints_lib.CheckpointCorruptError) as e:
     raise PredictError(f"--checkpoint {e}") from e
   modality = config.get("modality")
   if modality not in input_pipeline.MODALITIES:

@@ -567,16 +567,21 @@ def abstract_train_state(config: ml_collections.ConfigDict, model: STACNN,
 
 
 def restore_or_create_state(config: ml_collections.ConfigDict, model: STACNN, manager: Any,
-                            learning_rate_fn: Optional[optax.Schedule] = None
-                            ) -> tuple[TrainState, np.ndarray]:
-  """(state, step rng): the latest checkpoint of `manager`, else a fresh state from the
-  config's seed (split into an init key and the dropout key of the steps)."""
+                            learning_rate_fn: Optional[optax.Schedule] = None,
+                            fallback: bool = True) -> tuple[TrainState, np.ndarray]:
+  """(state, step rng): the newest checkpoint of `manager` that restores, else a fresh state
+  from the config's seed (split into an init key and the dropout key of the steps).
+
+  Checkpoints that do not restore are moved aside with a one-line warning (`fallback`, training)
+  or raise CheckpointCorruptError (inference); see checkpoints.restore_latest.
+  """
   init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   if manager.latest_step() is None:
     return create_train_state(init_rng, config, model, input_shape(config),
                               learning_rate_fn), step_rng
   state, step_rng, _ = checkpoints.restore_latest(
-      manager, abstract_train_state(config, model, learning_rate_fn), step_rng)
+      manager, abstract_train_state(config, model, learning_rate_fn), step_rng,
+      fallback=fallback)
   return state, step_rng
 
 
@@ -588,7 +593,7 @@ def restore_for_inference(config: ml_collections.ConfigDict, workdir: str
   manager = checkpoints.create_manager(os.path.join(workdir, checkpoints.CHECKPOINT_DIR), config)
   if manager.latest_step() is None:
     raise FileNotFoundError(f'no checkpoint in {manager.directory} (train first: --mode=train)')
-  state, _ = restore_or_create_state(config, model, manager)
+  state, _ = restore_or_create_state(config, model, manager, fallback=False)
   return state, model
 
 
