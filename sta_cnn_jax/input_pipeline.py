@@ -12,6 +12,12 @@ D = local devices, B = videos per device, S = snippets (segment-major), V = view
 C_in = 6 for RGB (frame i RGB ++ frame i+1 RGB), 10 for flow (x0, y0, ..., x4, y4).
 Frames stay uint8 and RGB on the host; `normalize` runs on device (jnp).
 
+Integrity: before reading, `verify_shards` checks the split's shards against manifest.json (every
+listed shard present and no unlisted one, sizes, record counts; SHA-256 on request), and a read
+error in the middle of a run (tf DataLossError / NotFoundError from a truncated, overwritten or
+deleted shard) is turned into a `ShardReadError` naming the damaged shard (found by re-checking
+this host's shards at that point). Both name the command that repairs the shards.
+
 Determinism: every random choice of a video comes from a stateless RNG keyed by
 (seed, epoch, position of the video in the epoch's read order); the per-epoch shard order
 and shuffle are seeded by (seed, epoch). Resuming at `start_step` jumps to the right epoch
@@ -31,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
 
+from data_prep import shards as shards_lib
 from sta_cnn_jax import augment
 from sta_cnn_jax import sampling
 
@@ -86,17 +93,42 @@ _TFRECORD_CRC_BYTES = 4
 # ---------------------------------------------------------------------------------------
 
 
+class ShardIntegrityError(ValueError):
+  """Shards that differ from their manifest (missing, truncated, overwritten, unlisted).
+
+  The one-line message names every damaged shard and the command that repairs them; `damaged`
+  holds (path, reason) pairs.
+  """
+
+  def __init__(self, message: str, damaged: Sequence[tuple[str, str]] = ()):
+    super().__init__(message)
+    self.damaged = list(damaged)
+
+
+class ShardReadError(ShardIntegrityError):
+  """A shard could not be read in the middle of a run (truncated, corrupted or deleted)."""
+
+
+def _repair_hint(data_dir: str) -> str:
+  return (f"repair: {shards_lib.repair_command(data_dir)} (check first: python -m "
+          f"data_prep.prepare --out={data_dir} --verify)")
+
+
 def read_manifest(data_dir: str) -> Dict[str, Any]:
   """Loads `<data_dir>/manifest.json`; clear error if it is missing or not JSON."""
   path = os.path.join(data_dir, MANIFEST_NAME)
+  prepared = tf.io.gfile.exists(os.path.join(data_dir, shards_lib.PROGRESS_DIR))
   if not tf.io.gfile.exists(path):
-    raise FileNotFoundError(f"{path}: manifest not found (data_dir={data_dir!r} must hold "
-                            f"the output of data_prep.prepare)")
+    hint = (f"; data_prep.prepare was run there but did not finish or the manifest was removed: "
+            f"{_repair_hint(data_dir)}" if prepared else
+            f" (data_dir={data_dir!r} must hold the output of data_prep.prepare)")
+    raise FileNotFoundError(f"{path}: manifest not found{hint}")
   with tf.io.gfile.GFile(path, "r") as f:
     try:
       return json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{path}: not valid JSON ({e})") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      hint = f"; {_repair_hint(data_dir)}" if prepared else ""
+      raise ValueError(f"{path}: not valid JSON ({e}){hint}") from e
 
 
 def _manifest_modalities(manifest: Dict[str, Any]) -> List[str]:
@@ -152,6 +184,120 @@ def host_shards(files: Sequence[str], process_index: int, process_count: int) ->
                      f"{len(files)} shard(s) ({files[:3]}...); write at least "
                      f"{process_count} shards")
   return mine
+
+
+def _shard_damages(files: Sequence[str], manifest: Dict[str, Any], checksums: bool,
+                   records: bool = False) -> List[tuple[str, str]]:
+  """(path, reason) of every file that differs from what the manifest records for it: size
+  (a stat), record count (only with `records`: a walk over the record headers), SHA-256 (only
+  with `checksums`: reads the file)."""
+  damaged = []
+  for path in files:
+    expected = shards_lib.manifest_shard_records(manifest, os.path.basename(path))
+    if not records:
+      expected.pop("records", None)
+    reason = shards_lib.shard_damage(path, expected, checksums=checksums)
+    if reason:
+      damaged.append((path, reason))
+  return damaged
+
+
+def _damage_message(data_dir: str, split: str, damaged: Sequence[tuple[str, str]],
+                    prefix: str = "") -> str:
+  listing = "; ".join(f"{path} ({reason})" for path, reason in damaged)
+  return (f"{prefix}{len(damaged)} damaged shard(s) of split {split!r} in {data_dir}: "
+          f"{listing}. {_repair_hint(data_dir)}")
+
+
+def verify_shards(data_dir: str, split: str, checksums: bool = False, process_index: int = 0,
+                  process_count: int = 1,
+                  manifest: Optional[Dict[str, Any]] = None) -> List[str]:
+  """Checks the shards of `split` against manifest.json before any is read; returns this
+  host's shard files.
+
+  Cheap (no shard is read): every shard the manifest lists for the split is present and no
+  other `<split>-*.tfrecord` is (host i reads every process_count-th file of the sorted list,
+  so one missing file would shift every host's share); this host's shards have the recorded
+  byte sizes; the recorded per-shard record counts add up to the split's video count. With
+  `checksums`, this host's shards are also read for their SHA-256. Manifests written before
+  these records existed are checked as far as they allow.
+
+  Raises:
+    ShardIntegrityError naming every damaged shard and the command that repairs them.
+  """
+  manifest = read_manifest(data_dir) if manifest is None else manifest
+  listed = (manifest.get("shards") or {}).get(split)
+  try:
+    files = find_shards(data_dir, split)
+  except FileNotFoundError as e:
+    if not listed:
+      raise
+    raise FileNotFoundError(f"{e}; {MANIFEST_NAME} lists {len(listed)} shard(s) of {split!r}, "
+                            f"all missing: {_repair_hint(data_dir)}") from None
+  damaged = []
+  if listed is not None:
+    present = {os.path.basename(f) for f in files}
+    damaged += [(os.path.join(data_dir, name), "missing") for name in listed
+                if name not in present]
+    damaged += [(f, f"not listed in {MANIFEST_NAME}") for f in files
+                if os.path.basename(f) not in set(listed)]
+  mine = host_shards(files, process_index, process_count)
+  already = {path for path, _ in damaged}
+  damaged += _shard_damages([f for f in mine if f not in already], manifest, checksums)
+  counts = manifest.get(shards_lib.SHARD_RECORDS_KEY) or {}
+  total = (manifest.get("num_videos") or {}).get(split)
+  names = listed if listed is not None else [os.path.basename(f) for f in files]
+  if total is not None and names and all(n in counts for n in names):
+    if sum(counts[n] for n in names) != total:
+      damaged.append((os.path.join(data_dir, MANIFEST_NAME),
+                      f"its per-shard record counts of {split!r} add up to "
+                      f"{sum(counts[n] for n in names)}, not num_videos={total} (edited?)"))
+  if damaged:
+    raise ShardIntegrityError(_damage_message(data_dir, split, damaged), damaged)
+  return mine
+
+
+def locate_damage(data_dir: str, files: Sequence[str],
+                  manifest: Optional[Dict[str, Any]] = None) -> List[tuple[str, str]]:
+  """Which of `files` is damaged, after a read error: sizes and record framing first, then
+  SHA-256 where the manifest has it, then a full read of every record (TFRecord CRCs)."""
+  try:
+    manifest = read_manifest(data_dir) if manifest is None else manifest
+  except (FileNotFoundError, ValueError):
+    manifest = {}
+  damaged = _shard_damages(files, manifest, checksums=False, records=True)
+  if not damaged and manifest.get(shards_lib.SHARD_SHA256_KEY):
+    damaged = _shard_damages(files, manifest, checksums=True, records=True)
+  if not damaged:
+    damaged = [(f, reason) for f in files
+               for reason in [shards_lib.scan_records(f)] if reason]
+  return damaged
+
+
+def _guard_reads(iterator: Iterator[Any], data_dir: str, split: str,
+                 files: Sequence[str]) -> Iterator[Any]:
+  """`iterator`, with a tf.data read error (DataLossError from a truncated or overwritten
+  record, NotFoundError from a deleted shard) turned into a ShardReadError naming the shard.
+
+  Records of several shards are interleaved and TF's message names none, so the host's shards
+  are re-checked (`locate_damage`) to find it.
+  """
+  try:
+    yield from iterator
+  except (tf.errors.DataLossError, tf.errors.NotFoundError) as e:
+    damaged = locate_damage(data_dir, files)
+    cause = shards_lib.first_line(e.message)
+    if not damaged:
+      damaged = [(", ".join(files), f"one of these ({cause})")]
+    raise ShardReadError(_damage_message(data_dir, split, damaged,
+                                         prefix=f"read error ({cause}): "), damaged) from None
+
+
+def _records_per_file(files: Sequence[str], manifest: Dict[str, Any]) -> List[int]:
+  """Record counts of `files`: the manifest's (verified sizes make them exact), else counted."""
+  counts = manifest.get(shards_lib.SHARD_RECORDS_KEY) or {}
+  return [counts[os.path.basename(f)] if os.path.basename(f) in counts else count_records(f)
+          for f in files]
 
 
 def count_records(path: str) -> int:
@@ -411,7 +557,8 @@ def build_train_dataset(data_dir: str, *, modality: str, num_segments: int,
   if num_segments < 1 or snippets_per_segment < 1:
     raise ValueError(f"num_segments={num_segments} and snippets_per_segment="
                      f"{snippets_per_segment} must be >= 1")
-  files = host_shards(find_shards(data_dir, split), process_index, process_count)
+  files = verify_shards(data_dir, split, process_index=process_index,
+                        process_count=process_count, manifest=manifest)
   num_snippets = num_segments * snippets_per_segment
   if scales is None:
     scales = augment.RGB_SCALES if modality == "rgb" else augment.FLOW_SCALES
@@ -420,7 +567,7 @@ def build_train_dataset(data_dir: str, *, modality: str, num_segments: int,
   start_epoch, skip_in_epoch = 0, 0
   start_example = int(start_step) * batch_size
   if start_example:
-    videos_per_epoch = sum(count_records(f) for f in files)
+    videos_per_epoch = sum(_records_per_file(files, manifest))
     if not videos_per_epoch:
       raise ValueError(f"shards {files} of host {process_index} hold no videos")
     start_epoch, skip_in_epoch = divmod(start_example, videos_per_epoch)
@@ -485,12 +632,14 @@ def create_train_dataset(data_dir: str, *, modality: str, num_segments: int,
   Yields:
     {'frames': (D, B/D, S, out, out, C_in) uint8, 'label': (D, B/D) int32}.
   """
-  return build_train_dataset(
+  dataset = build_train_dataset(
       data_dir, modality=modality, num_segments=num_segments,
       snippets_per_segment=snippets_per_segment, batch_size=batch_size,
       num_devices=num_devices, out_size=out_size, seed=seed, process_index=process_index,
       process_count=process_count, scales=scales, shuffle_buffer=shuffle_buffer,
-      start_step=start_step, split=split).as_numpy_iterator()
+      start_step=start_step, split=split)
+  files = host_shards(find_shards(data_dir, split), process_index, process_count)
+  return _guard_reads(dataset.as_numpy_iterator(), data_dir, split, files)
 
 
 # ---------------------------------------------------------------------------------------
@@ -522,7 +671,8 @@ def build_eval_dataset(data_dir: str, *, modality: str, split: str = EVAL_SPLIT,
     raise ValueError(f"num_segments={num_segments} must be >= 1")
   _check_eval_frame_size(data_dir, manifest, out_size)
   all_files = find_shards(data_dir, split)
-  files = host_shards(all_files, process_index, process_count)
+  files = verify_shards(data_dir, split, process_index=process_index,
+                        process_count=process_count, manifest=manifest)
 
   # Sequential read: a fixed order, every video exactly once.
   ds = tf.data.TFRecordDataset(files, buffer_size=READ_BUFFER_BYTES)
@@ -533,7 +683,7 @@ def build_eval_dataset(data_dir: str, *, modality: str, split: str = EVAL_SPLIT,
   ds = ds.map(lambda b: _pad_batch(b, batch_size))
   if process_count > 1:
     # Every host must run the same number of eval steps: pad with all-invalid batches.
-    per_host = [sum(count_records(f) for f in host_shards(all_files, h, process_count))
+    per_host = [sum(_records_per_file(host_shards(all_files, h, process_count), manifest))
                 for h in range(process_count)]
     steps = [-(-n // batch_size) for n in per_host]
     extra = max(steps) - steps[process_index]
@@ -561,11 +711,12 @@ def create_eval_dataset(data_dir: str, *, modality: str, split: str = EVAL_SPLIT
     {'frames': (D, B/D, S, V, out, out, C_in) uint8, 'label': (D, B/D) int32,
      'valid': (D, B/D) bool, 'video_id': (D, B/D) object array of bytes}.
   """
-  return build_eval_dataset(
+  dataset = build_eval_dataset(
       data_dir, modality=modality, split=split, num_segments=num_segments,
       num_views=num_views, batch_size=batch_size, num_devices=num_devices,
-      out_size=out_size, process_index=process_index,
-      process_count=process_count).as_numpy_iterator()
+      out_size=out_size, process_index=process_index, process_count=process_count)
+  files = host_shards(find_shards(data_dir, split), process_index, process_count)
+  return _guard_reads(dataset.as_numpy_iterator(), data_dir, split, files)
 
 
 # ---------------------------------------------------------------------------------------

@@ -487,6 +487,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   check_config(config)
   mode = config.parallel
   tf.config.set_visible_devices([], 'GPU')  # tf.data only; keep accelerators for JAX
+  input_pipeline.verify_shards(config.data_dir, config.train_split,  # damaged shards: named now
+                               config.input.verify_checksums, jax.process_index(),
+                               jax.process_count())
   num_classes, steps_per_epoch = dataset_facts(config)
   num_steps = (config.num_train_steps if config.num_train_steps > 0
                else config.num_epochs * steps_per_epoch)
@@ -519,7 +522,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   checked = []   # (step, host metrics) fetched and finite, not yet summarised
   try:
     for step in range(start_step + 1, num_steps + 1):
-      p_state, metrics = p_train_step(p_state, next(train_iter), p_rng)
+      try:
+        batch = next(train_iter)
+      except input_pipeline.ShardReadError as e:  # a shard damaged during the run
+        raise input_pipeline.ShardReadError(
+            f'{e} Training stopped at step {step}; {checkpoints.last_checkpoint_note(manager)}.',
+            e.damaged) from None
+      p_state, metrics = p_train_step(p_state, batch, p_rng)
       pending.append((step, metrics))
       report(step)
       progress.update(1)
@@ -746,6 +755,9 @@ def pretrain_san(config: ml_collections.ConfigDict, workdir: str) -> str:
   mode = config.parallel
   parallel.check_mode(mode)
   tf.config.set_visible_devices([], 'GPU')
+  input_pipeline.verify_shards(config.data_dir, config.train_split,
+                               config.input.verify_checksums, jax.process_index(),
+                               jax.process_count())
   root = os.path.join(workdir, SAN_PRETRAIN_DIR)
   p = config.san_pretrain
   model = create_san_model(config)

@@ -394,6 +394,12 @@ def test_video_without_frames_names_the_video(tmp_path):
       "video_id": _bytes_feature([b"v_broken"]), "label": _int_feature(0)}))
   with tf.io.TFRecordWriter(os.path.join(data_dir, "test-zz-00000-of-00001.tfrecord")) as w:
     w.write(empty.SerializeToString())
+  manifest_path = os.path.join(data_dir, ip.MANIFEST_NAME)
+  with open(manifest_path) as f:
+    manifest = json.load(f)
+  manifest["shards"]["test"].append("test-zz-00000-of-00001.tfrecord")  # listed: not "damaged"
+  with open(manifest_path, "w") as f:
+    json.dump(manifest, f)
   with pytest.raises(tf.errors.InvalidArgumentError, match="v_broken"):
     eval_batches(data_dir, batch=2, num_segments=2)
 
