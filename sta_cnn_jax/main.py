@@ -14,10 +14,16 @@ import jax
 from ml_collections import config_flags
 import tensorflow as tf
 
+from sta_cnn_jax import checkpoints
+from sta_cnn_jax import input_pipeline
 from sta_cnn_jax import parallel
 from sta_cnn_jax import train
+from sta_cnn_jax import workdir_lock
 
 MODES = ('train', 'eval', 'pretrain_san', 'export')
+# Errors that stop a run with their one-line message (exit status 1) instead of a traceback.
+INTEGRITY_ERRORS = (checkpoints.CheckpointCorruptError, input_pipeline.ShardIntegrityError,
+                    workdir_lock.WorkdirLockedError)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, summaries and results.')
@@ -37,15 +43,18 @@ def main(argv):
   logging.info('JAX process %d / %d, local devices %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
   config, workdir = FLAGS.config, FLAGS.workdir
-  if FLAGS.mode == 'train':
-    train.train_and_evaluate(config, workdir)
-  elif FLAGS.mode == 'eval':
-    train.evaluate_checkpoint(config, workdir)
-  elif FLAGS.mode == 'pretrain_san':
-    out = train.pretrain_san(config, workdir)
-    logging.info('SAN exported to %s (set --config.init.san_weights=%s)', out, out)
-  else:
-    logging.info('exported to %s', train.export(config, workdir))
+  try:
+    if FLAGS.mode == 'train':
+      train.train_and_evaluate(config, workdir)
+    elif FLAGS.mode == 'eval':
+      train.evaluate_checkpoint(config, workdir)
+    elif FLAGS.mode == 'pretrain_san':
+      out = train.pretrain_san(config, workdir)
+      logging.info('SAN exported to %s (set --config.init.san_weights=%s)', out, out)
+    else:
+      logging.info('exported to %s', train.export(config, workdir))
+  except INTEGRITY_ERRORS as e:  # damaged data / checkpoints, busy workdir: one message, exit 1
+    raise SystemExit(f'error: {e}') from None
 
 
 if __name__ == '__main__':

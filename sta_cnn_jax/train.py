@@ -43,6 +43,7 @@ from sta_cnn_jax import input_pipeline
 from sta_cnn_jax import losses
 from sta_cnn_jax import parallel
 from sta_cnn_jax import temporal
+from sta_cnn_jax import workdir_lock
 from sta_cnn_jax.models import STACNN, SpatialAttentionNetwork, input_channels, is_frozen_bn_param
 
 AXIS = parallel.AXIS_NAME
@@ -484,6 +485,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   Returns the final (unreplicated) TrainState.
   """
+  if jax.process_index() == 0:  # one trainer per workdir, refused before anything is written
+    workdir_lock.acquire(workdir, 'train')
   check_config(config)
   mode = config.parallel
   tf.config.set_visible_devices([], 'GPU')  # tf.data only; keep accelerators for JAX
@@ -752,6 +755,8 @@ def pretrain_san(config: ml_collections.ConfigDict, workdir: str) -> str:
 
   Point `init.san_weights` of an RGB spatial-attention config at the returned directory.
   """
+  if jax.process_index() == 0:  # one trainer per workdir, refused before anything is written
+    workdir_lock.acquire(workdir, 'pretrain_san')
   mode = config.parallel
   parallel.check_mode(mode)
   tf.config.set_visible_devices([], 'GPU')
