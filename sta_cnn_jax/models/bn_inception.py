@@ -75,8 +75,22 @@ INCEPTION_BLOCKS = (
 )
 
 
-def conv_units() -> tuple[tuple[str, int, int, int], ...]:
-  """All conv->BN->ReLU units as (name, out channels, kernel, stride), in forward order."""
+def scaled_width(channels: int, width_multiplier: float = 1.0) -> int:
+  """Channels of a conv in a BN-Inception narrowed by `width_multiplier` (1.0: the paper's)."""
+  if width_multiplier <= 0:
+    raise ValueError(f'bn_inception.py: width_multiplier must be > 0, got {width_multiplier}')
+  return max(1, int(round(channels * width_multiplier)))
+
+
+def conv_units(width_multiplier: float = 1.0) -> tuple[tuple[str, int, int, int], ...]:
+  """All conv->BN->ReLU units as (name, out channels, kernel, stride), in forward order.
+
+  width_multiplier scales every conv's output channels (a narrower network for miniature
+  experiments; 1.0 is BN-Inception as published, the only width published weights fit).
+  """
+  if width_multiplier != 1.0:
+    return tuple((name, scaled_width(c, width_multiplier), k, s)
+                 for name, c, k, s in conv_units())
   units = list(STEM)
   for blk, c1, c3r, c3, cdr, cd, _, cpool, stride in INCEPTION_BLOCKS:
     p = f'inception_{blk}_'
@@ -188,6 +202,10 @@ class BNInception(nn.Module):
       and updates its running averages, every other BN uses (frozen) running averages.
     bn_axis_name: axis name for synchronized BN under pmap / shard_map (None = local).
     dtype: compute dtype (e.g. bfloat16); params stay in `param_dtype`.
+    width_multiplier: scales every conv's width (1.0 = BN-Inception; < 1 only for the
+      clearly labelled miniature configs: published weights do not fit a narrower network).
+    fc_init_std: classifier init N(0, std) (TSN: 0.001, made for fine-tuning ImageNet
+      features; from random weights such a small fc starves the trunk of gradient).
   """
   num_classes: int = 1000
   dropout_rate: float = 0.8
@@ -195,10 +213,12 @@ class BNInception(nn.Module):
   bn_axis_name: str | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  width_multiplier: float = 1.0
+  fc_init_std: float = FC_INIT_STD
 
   def setup(self):
     convs, bns = {}, {}
-    for name, features, k, stride in conv_units():
+    for name, features, k, stride in conv_units(self.width_multiplier):
       pad = k // 2  # explicit symmetric padding, not 'SAME'
       # layers.Conv == nn.Conv (same parameters); 1x1 convs run as matmuls (faster on CPU).
       convs[name] = layers.Conv(
@@ -210,7 +230,7 @@ class BNInception(nn.Module):
     self.convs, self.bns = convs, bns
     self.dropout = nn.Dropout(self.dropout_rate)
     self.fc = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                       kernel_init=nn.initializers.normal(FC_INIT_STD),
+                       kernel_init=nn.initializers.normal(self.fc_init_std),
                        bias_init=nn.initializers.zeros)
 
   def _unit(self, name: str, x: Array, train: bool) -> Array:
@@ -239,7 +259,7 @@ class BNInception(nn.Module):
     return jnp.concatenate(branches, axis=-1)
 
   def features(self, x: Array, train: bool) -> Array:
-    """(N, H, W, C_in) -> last conv features (N, H/32, W/32, 1024)."""
+    """(N, H, W, C_in) -> last conv features (N, H/32, W/32, 1024 x width_multiplier)."""
     if x.ndim != 4:
       raise ValueError(f'bn_inception.py: expected NHWC input (N, H, W, C), got {x.shape}')
     check_input_size(x.shape[1], x.shape[2])

@@ -56,6 +56,10 @@ class STACNN(nn.Module):
     partial_bn: TSN partial BN in the ACN (see BNInception).
     san_widths: the SAN's ten conv widths (None = FlowNetS).
     wsp_normalisation: Eq. 9 variant, 'softmax' (uniform map == GAP) or 'paper' (1/K^2).
+    sal_weights, sal_normalisation: Eq. 7 variants (attention.SAL_WEIGHTS,
+      attention.SAL_NORMALISATIONS); the defaults are the printed form.
+    width_multiplier: the ACN's conv widths x this (1.0 = BN-Inception; miniature only).
+    fc_init_std: init std of the classifiers `fc` and `aux_fc` (TSN: 0.001).
     dtype: compute dtype (e.g. jnp.bfloat16); params and BN statistics stay float32.
     bn_axis_name: BatchNorm axis name for synchronized statistics (e.g. 'batch').
   """
@@ -67,6 +71,10 @@ class STACNN(nn.Module):
   partial_bn: bool = True
   san_widths: Sequence[int] | None = None
   wsp_normalisation: str = 'softmax'
+  sal_weights: str = 'per_location'
+  sal_normalisation: str = 'none'
+  width_multiplier: float = 1.0
+  fc_init_std: float = FC_INIT_STD
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
   param_dtype: Any = jnp.float32
@@ -86,7 +94,7 @@ class STACNN(nn.Module):
   def _dense(self, name: str) -> nn.Dense:
     # Classifier init of TSN: N(0, 0.001), bias 0.
     return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                    kernel_init=nn.initializers.normal(FC_INIT_STD),
+                    kernel_init=nn.initializers.normal(self.fc_init_std),
                     bias_init=nn.initializers.zeros, name=name)
 
   @nn.compact
@@ -94,14 +102,17 @@ class STACNN(nn.Module):
     """x: (N, H, W, C_in) normalised snippets, H and W multiples of 32.
 
     Returns {'logits' (N, C), 'aux_logits' (N, C) | None, 'attention' (N, K, K) | None,
-    'flow' (N, H/2, W/2, 2) | None, 'features' (N, K, K, 1024)}, all float32. Unused
+    'flow' (N, H/2, W/2, 2) | None, 'features' (N, K, K, D)} with D = 1024 x width_multiplier,
+    all float32. Unused
     outputs (e.g. 'flow' outside SAN pre-training) are removed by XLA under jit.
     """
     self._check(x)
     rgb = self.modality == 'rgb'
     acn = BNInception(self.num_classes, self.dropout_rate, self.partial_bn,
-                      self.bn_axis_name, self.dtype, self.param_dtype, name='acn')
-    features = acn.features(x[..., :RGB_CHANNELS] if rgb else x, train)  # (N, K, K, 1024)
+                      self.bn_axis_name, self.dtype, self.param_dtype,
+                      width_multiplier=self.width_multiplier, fc_init_std=self.fc_init_std,
+                      name='acn')
+    features = acn.features(x[..., :RGB_CHANNELS] if rgb else x, train)  # (N, K, K, D)
 
     attention = aux_logits = flow = None
     if self.spatial_attention:
@@ -114,7 +125,8 @@ class STACNN(nn.Module):
                            f'the ACN grid {features.shape[1:3]}')
       else:
         san_features = features  # flow streams: the ACN is its own SAN
-      attention = SpatialAttentionLayer(self.dtype, self.param_dtype,
+      attention = SpatialAttentionLayer(self.dtype, self.param_dtype, self.sal_weights,
+                                        self.sal_normalisation,
                                         name='sal')(san_features)  # (N, K, K)
       pooled = weighted_spatial_pooling(features, attention, self.wsp_normalisation)
       if self.aux_classifier:
