@@ -12,13 +12,19 @@ What a video shows (designed so that both the spatial and the temporal attention
 not tuned towards any model):
   * Class evidence: one small object (`OBJECT_FRACTION` of the frame height) whose APPEARANCE
     (shape + two-colour stripe texture) and MOTION (straight-line direction) identify the class.
-    Classes come in pairs with the same appearance and opposite directions (class 2k moves along
-    the k-th axis, class 2k+1 the opposite way), so a pair can only be told apart by motion.
+    Classes come in pairs with the same appearance and different motions, so a pair can only be
+    told apart by motion: even pairs Rising / Falling (up or down, with a random sideways
+    component), odd pairs Horizontal / Vertical (either way along the axis).
+  * Every class is its own mirror image: its set of directions is closed under a horizontal
+    flip (angle θ -> 180° - θ), so TSN's flip augmentation (which mirrors the frames and negates
+    flow x) never turns one class's video into another's. A class "moves right" would be
+    mirrored into "moves left" under the same label.
   * Temporal: the object is visible only in one window of `EVIDENCE_FRACTION` of the frames at
     a random position; the other frames show only the shared distractors.
   * Spatial: the object sits in clutter — a textured background with small static patches
-    (shared by the videos of one (class, group), like UCF101's groups) that pans slowly (random
-    camera motion, which warped flow removes), and
+    (one scene per group number, shared by that group's clips of EVERY class: a scene, like a
+    UCF101 group, recurs across clips, but it carries no class information) that pans slowly
+    (random camera motion, which warped flow removes), and
     `NUM_DISTRACTORS` solid shapes of random colours moving and bouncing at random; all drawn
     from the same distributions for every class.
   * Sensor noise: Gaussian, σ = `NOISE_STD` grey levels, then MJPG compression.
@@ -91,29 +97,46 @@ APPEARANCES = (
     ("CyanStar", "star", (40, 220, 230), (120, 20, 120)),
     ("YellowRing", "ring", (240, 230, 40), (30, 120, 30)),
 )
-# Motion axis of appearance k: k · 45° (mod 180°); names of the 8 compass directions.
-AXIS_STEP_DEGREES = 45
-DIRECTION_NAMES = ("Right", "UpRight", "Up", "UpLeft", "Left", "DownLeft", "Down", "DownRight")
+# Motions: name -> direction ranges (centre degrees, half width); 0 = right, 90 = up (image y
+# points down). A video picks one range at random, then a direction uniformly inside it. Each
+# set of ranges is mirror-symmetric (θ -> 180° - θ), see the module doc.
+MOTIONS = {
+    "Rising": ((90, 30),),
+    "Falling": ((270, 30),),
+    "Horizontal": ((0, 15), (180, 15)),
+    "Vertical": ((90, 15), (270, 15)),
+}
+# Class pair k (appearance k) uses these two motions, alternating with k.
+PAIR_MOTIONS = (("Rising", "Falling"), ("Horizontal", "Vertical"))
 
 
 @dataclasses.dataclass(frozen=True)
 class ClassSpec:
   name: str
   appearance: tuple
-  direction_degrees: int  # 0 = right, 90 = up (image y points down)
+  motion: str  # a key of MOTIONS
+
+  @property
+  def direction_ranges(self) -> tuple[tuple[int, int], ...]:
+    return MOTIONS[self.motion]
 
 
 def class_specs(num_classes: int) -> list[ClassSpec]:
-  """Class c: appearance c // 2, direction axis·45° (+180° for odd c)."""
+  """Class c: appearance c // 2, motion PAIR_MOTIONS[(c // 2) % 2][c % 2]."""
   if not 2 <= num_classes <= 2 * len(APPEARANCES):
     raise ValueError(f"num_classes must be in 2..{2 * len(APPEARANCES)}, got {num_classes}")
   specs = []
   for c in range(num_classes):
     appearance = APPEARANCES[c // 2]
-    degrees = ((c // 2) * AXIS_STEP_DEGREES) % 180 + 180 * (c % 2)
-    name = appearance[0] + DIRECTION_NAMES[degrees // AXIS_STEP_DEGREES]
-    specs.append(ClassSpec(name, appearance, degrees))
+    motion = PAIR_MOTIONS[(c // 2) % len(PAIR_MOTIONS)][c % 2]
+    specs.append(ClassSpec(appearance[0] + motion, appearance, motion))
   return specs
+
+
+def sample_direction(spec: ClassSpec, rng: np.random.Generator) -> float:
+  """A direction in degrees drawn from the class's motion (one range, then uniform in it)."""
+  centre, half = spec.direction_ranges[int(rng.integers(len(spec.direction_ranges)))]
+  return float(centre + rng.uniform(-half, half))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -232,13 +255,15 @@ def _draw_distractor(frame: np.ndarray, d: _Distractor, t: int) -> None:
 
 
 def render_video(spec: ClassSpec, rng: np.random.Generator, frames: int, width: int, height: int,
-                 background: np.ndarray) -> tuple[np.ndarray, list, tuple[int, int]]:
+                 background: np.ndarray, object_fraction: float = OBJECT_FRACTION,
+                 evidence_fraction: float = EVIDENCE_FRACTION
+                 ) -> tuple[np.ndarray, list, tuple[int, int]]:
   """(frames, H, W, 3) uint8 RGB, per-frame boxes (or None), evidence window [start, stop)."""
-  object_size = max(4, round(OBJECT_FRACTION * height))
-  length = min(frames, max(2, round(EVIDENCE_FRACTION * frames)))
+  object_size = max(4, round(object_fraction * height))
+  length = min(frames, max(2, round(evidence_fraction * frames)))
   start = int(rng.integers(0, frames - length + 1))
   speed = OBJECT_SPEED * width * rng.uniform(1 - SPEED_JITTER, 1 + SPEED_JITTER)
-  angle = np.deg2rad(spec.direction_degrees)
+  angle = np.deg2rad(sample_direction(spec, rng))
   velocity = np.array([np.cos(angle), -np.sin(angle)]) * speed  # image y points down
   travel = velocity * (length - 1)
   low = np.maximum(0, -travel)  # top-left corner range keeping the whole path inside
@@ -315,8 +340,14 @@ def _write_lines(path: pathlib.Path, lines: Sequence[str]) -> None:
 def generate(out_dir: str | pathlib.Path, num_classes: int = DEFAULT_NUM_CLASSES,
              videos_per_class: int = DEFAULT_VIDEOS_PER_CLASS,
              test_per_class: int = DEFAULT_TEST_PER_CLASS, frames: int = DEFAULT_FRAMES,
-             size: tuple[int, int] = DEFAULT_SIZE, seed: int = 0) -> dict:
-  """Writes the dataset under `out_dir` (see module doc); returns the boxes.json dict."""
+             size: tuple[int, int] = DEFAULT_SIZE, seed: int = 0,
+             object_fraction: float = OBJECT_FRACTION,
+             evidence_fraction: float = EVIDENCE_FRACTION) -> dict:
+  """Writes the dataset under `out_dir` (see module doc); returns the boxes.json dict.
+
+  object_fraction: object side / frame height; evidence_fraction: share of the frames that
+  show the object.
+  """
   out_dir = pathlib.Path(out_dir)
   width, height = size
   if frames < 2 or width < 16 or height < 16:
@@ -327,13 +358,17 @@ def generate(out_dir: str | pathlib.Path, num_classes: int = DEFAULT_NUM_CLASSES
   for c, split, group, clip in _video_plan(num_classes, videos_per_class, test_per_class):
     spec = specs[c]
     video_id = f"v_{spec.name}_g{group:02d}_c{clip:02d}"
-    if (c, group) not in backgrounds:  # one scene per (class, group), as UCF101 groups
-      scene_rng = np.random.default_rng([seed, c, group])
+    # One scene per group for all classes. A scene per (class, group) made the background a
+    # perfect class cue inside the training set: a network from random weights learnt the
+    # scenes, not the object, and predicted one class per held-out group (0/40 validation
+    # clips right, 10 classes). Shared scenes leave the object as the only class evidence.
+    if group not in backgrounds:
+      scene_rng = np.random.default_rng([seed, group])
       pad = math.ceil(PAN_SPEED * width * frames) * 2 + 2
-      backgrounds[(c, group)] = background_texture(scene_rng, width + pad, height + pad)
+      backgrounds[group] = background_texture(scene_rng, width + pad, height + pad)
     rng = np.random.default_rng([seed, c, group, clip])
     video, boxes, window = render_video(spec, rng, frames, width, height,
-                                        backgrounds[(c, group)])
+                                        backgrounds[group], object_fraction, evidence_fraction)
     write_avi(out_dir / VIDEOS_DIR / spec.name / f"{video_id}.avi", video)
     rel = f"{spec.name}/{video_id}.avi"
     (train_lines.append(f"{rel} {c + 1}") if split == "train" else test_lines.append(rel))
@@ -348,10 +383,12 @@ def generate(out_dir: str | pathlib.Path, num_classes: int = DEFAULT_NUM_CLASSES
       "box_format": "[x0, y0, x1, y1] in source-frame pixels (x1, y1 exclusive); null = absent",
       "classes": [s.name for s in specs],
       "class_info": [{"name": s.name, "appearance": s.appearance[0], "shape": s.appearance[1],
-                      "direction_degrees": s.direction_degrees} for s in specs],
+                      "motion": s.motion, "direction_ranges": [list(r) for r in s.direction_ranges]}
+                     for s in specs],
       "params": {"num_classes": num_classes, "videos_per_class": videos_per_class,
                  "test_per_class": test_per_class, "frames": frames, "size": [width, height],
-                 "seed": seed, "fps": FPS},
+                 "seed": seed, "fps": FPS, "object_fraction": object_fraction,
+                 "evidence_fraction": evidence_fraction},
       "videos": videos,
   }
   with open(out_dir / BOXES_FILE, "w", encoding="utf-8") as f:

@@ -50,12 +50,23 @@ def test_ucf101_layout_and_split_files(dataset):
   assert decoded.frames.shape == (FRAMES, SIZE[1], SIZE[0], 3) and decoded.warnings == ()
 
 
-def test_class_pairs_share_appearance_and_move_oppositely():
+def _mirror_ranges(ranges):
+  """Direction ranges (centre, half width) under a horizontal flip: θ -> 180° - θ."""
+  return sorted(((180 - c) % 360, h) for c, h in ranges)
+
+
+def test_class_pairs_share_appearance_differ_in_motion_and_are_mirror_invariant():
   specs = synthetic.class_specs(6)
   for a, b in zip(specs[::2], specs[1::2]):
-    assert a.appearance == b.appearance
-    assert (b.direction_degrees - a.direction_degrees) % 360 == 180
+    assert a.appearance == b.appearance and a.motion != b.motion
   assert len({s.appearance for s in specs}) == 3 and len({s.name for s in specs}) == 6
+  for spec in synthetic.class_specs(2 * len(synthetic.APPEARANCES)):
+    # A flipped video of the class is again a video of the class (TSN flips training clips).
+    assert _mirror_ranges(spec.direction_ranges) == sorted(
+        (c % 360, h) for c, h in spec.direction_ranges), spec.name
+  # The flip maps motions onto themselves, never onto the pair's other motion.
+  rising, falling = synthetic.class_specs(2)
+  assert _mirror_ranges(rising.direction_ranges) != sorted(falling.direction_ranges)
   with pytest.raises(ValueError, match="num_classes"):
     synthetic.class_specs(2 * len(synthetic.APPEARANCES) + 1)
 
@@ -80,11 +91,11 @@ def test_boxes_mark_the_object_in_a_temporal_window(dataset):
       mean_colour = inner.reshape(-1, 3).mean(0)
       expected = (np.array(colour_a) + colour_b) / 2
       assert np.abs(mean_colour - expected).sum() < COLOUR_TOLERANCE, (video_id, t, mean_colour)
-    # The box moves along the class's direction (image y points down).
-    displacement = np.array(boxes[stop - 1][:2]) - np.array(boxes[start][:2])
-    angle = np.deg2rad(spec.direction_degrees)
-    unit = np.array([np.cos(angle), -np.sin(angle)])
-    assert displacement @ unit > 0.9 * np.linalg.norm(displacement) > 0
+    # The box moves in a direction of the class's motion (image y points down).
+    dx, dy = np.array(boxes[stop - 1][:2]) - np.array(boxes[start][:2])
+    assert np.hypot(dx, dy) > 0
+    degrees = np.rad2deg(np.arctan2(-dy, dx))
+    assert any(abs((degrees - c + 180) % 360 - 180) <= h + 1 for c, h in spec.direction_ranges)
 
 
 def test_deterministic_by_seed(tmp_path):
