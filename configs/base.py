@@ -107,7 +107,11 @@ def get_base_config(modality: str = 'rgb') -> ml_collections.ConfigDict:
   config.model.dropout_rate = recipe['dropout_rate']
   config.model.partial_bn = True     # TSN: only the first BN trains (batch statistics)
   config.model.san_widths = ml_collections.FieldReference(None, field_type=tuple)  # None = FlowNetS
-  config.model.wsp_normalisation = 'softmax'   # Eq. 9: 'softmax' (DESIGN §1) or 'paper' (1/K²)
+  config.model.wsp_normalisation = 'softmax'   # Eq. 9: 'softmax' (docs/design.md) or 'paper' (1/K²)
+  config.model.sal_weights = 'per_location'    # Eq. 7: 'per_location' (printed) or 'shared'
+  config.model.sal_normalisation = 'none'      # Eq. 7 input: 'none' (printed) or 'layer_norm'
+  config.model.width_multiplier = 1.0          # BN-Inception conv widths x this (1.0 = paper)
+  config.model.fc_init_std = 0.001             # classifier init N(0, std) (tsn-pytorch)
   config.model.sync_batch_norm = True          # BN statistics averaged over the 'batch' axis
 
   # Temporal attention (§3.1, Algorithm 1).
@@ -127,12 +131,21 @@ def get_base_config(modality: str = 'rgb') -> ml_collections.ConfigDict:
   config.learning_rate = recipe['learning_rate']
   config.lr_decay_epochs = recipe['lr_decay_epochs']
   config.lr_decay_factor = 0.1
+  config.lr_schedule = 'step'                  # 'step' (§4.1) | 'cosine' (to 0 over the run)
+  config.warmup_steps = 0                      # linear warm-up from 0 (none in the paper)
   config.num_epochs = recipe['num_epochs']
   config.num_train_steps = -1                  # -1: num_epochs * steps_per_epoch
   config.steps_per_epoch = -1                  # -1: num train videos // batch_size
+  config.optimizer = 'sgd'                     # 'sgd' (§4.1, with momentum) | 'adam'
   config.momentum = 0.9
   config.weight_decay = 5e-4
   config.grad_clip_norm = recipe['grad_clip_norm']
+
+  # PreciseBN (Wu & Johnson 2021; sta_cnn_jax/precise_bn.py): after the last step, BN running
+  # statistics := equal-weight mean of this many training batches' statistics (0 = off, the
+  # paper's recipe; with partial BN only the first BN is recomputed).
+  config.precise_bn = ml_collections.ConfigDict()
+  config.precise_bn.num_batches = 0
 
   # Input (DESIGN §3); frame_size is (H, W).
   config.input = ml_collections.ConfigDict()

@@ -42,6 +42,7 @@ from sta_cnn_jax import checkpoints
 from sta_cnn_jax import input_pipeline
 from sta_cnn_jax import losses
 from sta_cnn_jax import parallel
+from sta_cnn_jax import precise_bn
 from sta_cnn_jax import temporal
 from sta_cnn_jax import workdir_lock
 from sta_cnn_jax.models import STACNN, SpatialAttentionNetwork, input_channels, is_frozen_bn_param
@@ -57,6 +58,8 @@ SAN_PRETRAIN_DIR = 'san_pretrain'
 INIT_COMPILER_OPTIONS = {'xla_backend_optimization_level': 0}
 # Labels of optax.multi_transform under partial BN.
 TRAINABLE, FROZEN = 'trainable', 'frozen'
+LR_SCHEDULES = ('step', 'cosine')
+OPTIMIZERS = ('sgd', 'adam')
 
 
 class TrainState(train_state.TrainState):
@@ -92,7 +95,10 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int) -> STACNN:
   return STACNN(num_classes=num_classes, modality=config.modality,
                 spatial_attention=m.spatial_attention, aux_classifier=m.aux_classifier,
                 dropout_rate=m.dropout_rate, partial_bn=m.partial_bn, san_widths=san_widths,
-                wsp_normalisation=m.wsp_normalisation, dtype=DTYPES[config.dtype],
+                wsp_normalisation=m.wsp_normalisation, sal_weights=m.sal_weights,
+                sal_normalisation=m.sal_normalisation, width_multiplier=m.width_multiplier,
+                fc_init_std=m.fc_init_std,
+                dtype=DTYPES[config.dtype],
                 bn_axis_name=AXIS if m.sync_batch_norm else None)
 
 
@@ -112,13 +118,32 @@ def initialized(rng: jax.Array, model: Any, shape: tuple[int, ...], **kwargs) ->
   return init.lower(rng, x).compile(compiler_options=INIT_COMPILER_OPTIONS)(rng, x)
 
 
-def create_learning_rate_fn(config: ml_collections.ConfigDict,
-                            steps_per_epoch: int) -> optax.Schedule:
-  """§4.1: lr ÷ (1/lr_decay_factor) every lr_decay_epochs epochs (piecewise constant in steps)."""
-  boundaries = {int(round(e * steps_per_epoch)): config.lr_decay_factor
-                for e in range(config.lr_decay_epochs, config.num_epochs, config.lr_decay_epochs)
-                if e * steps_per_epoch > 0}
-  return optax.piecewise_constant_schedule(config.learning_rate, boundaries)
+def create_learning_rate_fn(config: ml_collections.ConfigDict, steps_per_epoch: int,
+                            num_steps: Optional[int] = None) -> optax.Schedule:
+  """The learning rate per step (`config.lr_schedule`), after `config.warmup_steps` of linear
+  warm-up from 0 (none in the paper's recipe):
+
+    'step'    §4.1: lr ÷ (1/lr_decay_factor) every lr_decay_epochs epochs (piecewise constant).
+    'cosine'  cosine decay from lr to 0 over the run's `num_steps` (the miniature recipe:
+              a short run has no room for the paper's epoch-based steps).
+  """
+  warmup = config.warmup_steps
+  if config.lr_schedule == 'step':
+    boundaries = {int(round(e * steps_per_epoch)): config.lr_decay_factor
+                  for e in range(config.lr_decay_epochs, config.num_epochs,
+                                 config.lr_decay_epochs)
+                  if e * steps_per_epoch > 0}
+    main = optax.piecewise_constant_schedule(config.learning_rate, boundaries)
+  elif config.lr_schedule == 'cosine':
+    if not num_steps:
+      raise ValueError("lr_schedule='cosine' needs the run's number of steps")
+    main = optax.cosine_decay_schedule(config.learning_rate, max(num_steps - warmup, 1))
+  else:
+    raise ValueError(f'lr_schedule={config.lr_schedule!r}; expected one of {LR_SCHEDULES}')
+  if warmup <= 0:
+    return main
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, config.learning_rate, warmup), main], [warmup])
 
 
 def _path_names(path) -> tuple[str, ...]:
@@ -140,15 +165,22 @@ def partial_bn_labels(params: Any) -> Any:
 
 def create_optimizer(config: ml_collections.ConfigDict,
                      learning_rate_fn: optax.Schedule) -> optax.GradientTransformation:
-  """clip_by_global_norm -> weight decay (masked) -> SGD momentum; partial-BN params frozen.
+  """clip_by_global_norm -> weight decay (masked, L2 added to the gradient) -> SGD momentum
+  (`config.optimizer='sgd'`, the paper's) or Adam ('adam'); partial-BN params frozen.
 
   The gradient norm is taken over the trainable parameters only (frozen BN params have no
   gradient in tsn-pytorch).
   """
+  if config.optimizer == 'sgd':
+    update = optax.sgd(learning_rate_fn, momentum=config.momentum)
+  elif config.optimizer == 'adam':
+    update = optax.adam(learning_rate_fn)
+  else:
+    raise ValueError(f'optimizer={config.optimizer!r}; expected one of {OPTIMIZERS}')
   tx = optax.chain(
       optax.clip_by_global_norm(config.grad_clip_norm),
       optax.add_decayed_weights(config.weight_decay, mask=weight_decay_mask),
-      optax.sgd(learning_rate_fn, momentum=config.momentum))
+      update)
   if config.model.partial_bn:
     tx = optax.multi_transform({TRAINABLE: tx, FROZEN: optax.set_to_zero()}, partial_bn_labels)
   return tx
@@ -496,7 +528,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   num_classes, steps_per_epoch = dataset_facts(config)
   num_steps = (config.num_train_steps if config.num_train_steps > 0
                else config.num_epochs * steps_per_epoch)
-  learning_rate_fn = create_learning_rate_fn(config, steps_per_epoch)
+  learning_rate_fn = create_learning_rate_fn(config, steps_per_epoch, num_steps)
 
   model = create_model(config, num_classes)
   manager = checkpoints.create_manager(os.path.join(workdir, checkpoints.CHECKPOINT_DIR), config)
@@ -547,6 +579,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         writer.write_scalars(step, scalars)
         progress.set_postfix(loss=f'{scalars["train/loss"]:.3f}',
                              acc=f'{scalars["train/accuracy"]:.2f}')
+      if is_last and config.precise_bn.num_batches > 0:
+        p_state = recompute_batch_stats(p_state, config, num_steps, mode)
       if save_now:
         checkpoints.save(manager, step, parallel.unreplicate(p_state, mode), step_rng)
   finally:
@@ -557,6 +591,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   if config.eval.at_end:
     evaluate_state(config, workdir, state, model)
   return state
+
+
+def recompute_batch_stats(p_state: TrainState, config: ml_collections.ConfigDict,
+                          num_steps: int, mode: str) -> TrainState:
+  """PreciseBN (sta_cnn_jax.precise_bn) over `config.precise_bn.num_batches` training batches
+  that continue the data stream after the last step; returns the state with the new stats."""
+  state = jax.device_get(parallel.unreplicate(p_state, mode))
+  batches = prefetch(create_input_iter(config, num_steps), config.input.prefetch_to_device, mode)
+  stats = precise_bn.precise_batch_stats(state, config, batches, config.precise_bn.num_batches,
+                                         mode, DTYPES[config.dtype])
+  return parallel.replicate(state.replace(batch_stats=stats), mode)
 
 
 def evaluate_state(config: ml_collections.ConfigDict, workdir: str, state: TrainState,
