@@ -49,3 +49,33 @@ def summarize(scores: Mapping[str, np.ndarray], labels: np.ndarray,
   return {name: {"top1": top1_accuracy(s, labels),
                  "mean_class_accuracy": mean_class_accuracy(s, labels, num_classes)}
           for name, s in scores.items()}
+
+
+# Two-sided 95% normal quantile.
+Z_95 = 1.959963984540054
+
+
+def wilson_interval(correct: int, total: int, z: float = Z_95) -> tuple[float, float]:
+  """Wilson score interval of a binomial proportion correct / total (95% by default).
+
+  Accuracy on V test videos is a proportion: with V = 100 one video is 1 point, and the 95%
+  interval around 50% is about ±10 points. Wilson's interval (unlike the normal
+  approximation) stays inside [0, 1] and is sensible at 0% and 100%.
+  """
+  if total <= 0:
+    raise ValueError(f"wilson_interval needs total > 0, got {total}")
+  if not 0 <= correct <= total:
+    raise ValueError(f"wilson_interval: correct={correct} not in [0, {total}]")
+  p = correct / total
+  denom = 1.0 + z * z / total
+  centre = (p + z * z / (2 * total)) / denom
+  half = z * np.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
+  low = 0.0 if correct == 0 else max(centre - half, 0.0)
+  high = 1.0 if correct == total else min(centre + half, 1.0)
+  return float(low), float(high)
+
+
+def format_accuracy(accuracy: float, total: int) -> str:
+  """'41.7% [25.5, 59.2]': an accuracy with its 95% Wilson interval, in percent."""
+  low, high = wilson_interval(int(round(accuracy * total)), total)
+  return f"{accuracy:.1%} [{100 * low:.1f}, {100 * high:.1f}]"

@@ -349,6 +349,58 @@ def attention_mass_in_box(attention: np.ndarray, box: Sequence[float],
   return float(weights[_box_mask(box, frame_hw)].sum() / total)
 
 
+def write_video_figures(segments: Mapping[str, np.ndarray], out_dir, classes: Sequence[str],
+                        dcw_top_k: int, spatial: bool, num_videos: int = 4) -> list[str]:
+  """Fig. 2 (segment confidence, DCW's top-k marked) and, with spatial attention, Fig. 1/7
+  (attention-weighted frames of the most confident segments) for the first test videos.
+
+  segments: `evaluate.predict_segments` output with 'frames' kept (centre view).
+  """
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  written = []
+  probs = segments['segment_probs']
+  alpha = np.asarray(temporal.confidence_from_probs(probs))
+  beta = np.asarray(temporal.temporal_attention_mask(alpha, min(dcw_top_k, probs.shape[1])))
+  for v in range(min(num_videos, len(segments['frames']))):
+    video_id = segments['video_id'][v]
+    frames = segments['frames'][v][..., :3]                      # (S, H, W, 3): frame t
+    written.append(str(plot_segment_confidence(
+        alpha[v], beta[v], out_dir / f'{video_id}_confidence.png', class_names=classes,
+        predictions=np.argmax(probs[v], axis=-1), frames=frames,
+        title=f"{video_id} (label {classes[segments['label'][v]]})")))
+    if spatial:
+      chosen = np.argsort(-alpha[v], kind='stable')[:num_videos]
+      written.append(str(plot_attention_maps(
+          frames[chosen], segments['attention'][v][chosen], out_dir / f'{video_id}_attention.png',
+          titles=[f'segment {s}' for s in chosen])))
+  return written
+
+
+def plot_accuracy_bars(rows: Sequence[str], groups: Mapping[str, Sequence[float]],
+                       errors: Mapping[str, Sequence[float]], chance: float, out_path,
+                       title: str = '') -> pathlib.Path:
+  """Grouped bars: one group per row, one bar per key of `groups` (e.g. rgb / flow / fusion),
+  error bars, and the chance level as a dashed line."""
+  fig = Figure(figsize=(1.6 + 1.3 * len(rows), 3.6))
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot(1, 1, 1)
+  width = 0.8 / max(len(groups), 1)
+  x = np.arange(len(rows))
+  for i, (name, values) in enumerate(groups.items()):
+    ax.bar(x + (i - (len(groups) - 1) / 2) * width, values, width, yerr=errors.get(name),
+           capsize=3, label=name)
+  ax.axhline(chance, color='k', linestyle='--', linewidth=1, label=f'chance {chance:.0%}')
+  ax.set_xticks(x)
+  ax.set_xticklabels(rows, rotation=20, ha='right', fontsize=8)
+  ax.set_ylim(0, 1)
+  ax.set_ylabel('test top-1')
+  ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  return _save(fig, out_path)
+
+
 # ---------------------------------------------------------------------------------------------
 # CLI.
 # ---------------------------------------------------------------------------------------------

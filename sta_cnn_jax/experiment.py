@@ -1,0 +1,178 @@
+"""One experiment = train a config, score it with the test protocol, measure its mechanisms.
+
+Shared by the demo (`sta_cnn_jax.demo`) and the fidelity benchmark (`benchmarks/fidelity.py`):
+
+  pretrain_san_with_epe  SAN + Expanded Part pre-training (Eq. 4) with the flow end-point
+                         error of the SAN before and after, against the prepared flow.
+  train_and_score        train (resumes), evaluate (25 segments, AVE + DCW), TAM / DCW precision,
+                         entropy inside / outside the evidence window, attention in the box.
+  fusion_entry           TSN-weighted RGB + flow fusion of two scored streams.
+
+An entry is a flat dict: accuracies are fractions in [0, 1] with their chance level, mechanism
+metrics are null where they do not apply (no ground truth, no TAM, no spatial attention).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from configs import base as config_base
+from sta_cnn_jax import augment
+from sta_cnn_jax import checkpoints
+from sta_cnn_jax import evaluate as evaluate_lib
+from sta_cnn_jax import fuse
+from sta_cnn_jax import input_pipeline
+from sta_cnn_jax import losses
+from sta_cnn_jax import mechanism
+from sta_cnn_jax import metrics
+from sta_cnn_jax import train
+from sta_cnn_jax import visualize
+
+FUSION = 'fusion'
+# SAN flow EPE is measured on this many training batches before / after pre-training.
+EPE_BATCHES = 4
+TAM_PROBE_DIR = 'tam_probe'
+NULL_MECHANISM = {'tam_precision': None, 'tam_base_rate': None, 'dcw_precision': None,
+                  'dcw_base_rate': None, 'entropy_in_window': None,
+                  'entropy_outside_window': None, 'attention_in_box': None,
+                  'box_area_fraction': None}
+
+
+def san_epe(config: ml_collections.ConfigDict, params: Any,
+            batches: int = EPE_BATCHES) -> dict[str, float]:
+  """Mean end-point error (px, at the Expanded Part's resolution) of the SAN's flow against the
+  prepared flow on `batches` training batches, and the EPE of predicting zero flow."""
+  model = train.create_san_model(config)
+  iterator = train.create_san_pretrain_iter(config)
+
+  @jax.jit
+  def errors(frames, flow):
+    x = input_pipeline.normalize(frames.reshape((-1,) + frames.shape[-3:]), 'rgb',
+                                 config.input.mean, config.input.std, config.input.bgr)
+    _, pred = model.apply({'params': params}, x)
+    target = losses.resize_flow(flow.reshape((-1,) + flow.shape[-3:]), pred.shape[1:3])
+    return (jnp.mean(jnp.linalg.norm(pred - target, axis=-1)),
+            jnp.mean(jnp.linalg.norm(target, axis=-1)))
+
+  values = np.array([jax.device_get(errors(b['frames'], b['flow']))
+                     for b, _ in zip(iterator, range(batches))])
+  return {'epe': float(values[:, 0].mean()), 'zero_flow_epe': float(values[:, 1].mean())}
+
+
+def pretrain_san_with_epe(config: ml_collections.ConfigDict, workdir: str
+                          ) -> tuple[str, dict[str, Any]]:
+  """Pre-trains the SAN of an RGB spatial-attention config (train.pretrain_san, resumes);
+  returns (export dir for init.san_weights, {'steps', 'epe_before', 'epe_after',
+  'zero_flow_epe', 'seconds'})."""
+  model = train.create_san_model(config)
+  init = train.create_san_pretrain_state(jax.random.PRNGKey(config.seed), config, model).params
+  before = san_epe(config, init)
+  start = time.time()
+  export = train.pretrain_san(config, workdir)
+  seconds = time.time() - start
+  after = san_epe(config, checkpoints.load_inference(export)[0]['params'])
+  return export, {'seed': config.seed, 'steps': config.san_pretrain.num_steps,
+                  'epe_before': before['epe'], 'epe_after': after['epe'],
+                  'zero_flow_epe': after['zero_flow_epe'], 'seconds': round(seconds, 1)}
+
+
+def tam_probe(config: ml_collections.ConfigDict, variables: Any, model: Any, workdir: str,
+              truth: Optional[dict]) -> dict[str, Optional[float]]:
+  """TAM precision on the TRAINING videos: the trained network (eval mode) scores the row's
+  N x M snippets at TSN's test positions, Algorithm 1's β selects top_n (per segment), and
+  the selected snippets are checked against the evidence window. Nulls without TAM / truth."""
+  t = config.temporal
+  if t.consensus != 'tam' or truth is None:
+    return {'tam_precision': None, 'tam_base_rate': None}
+  probe = config.copy_and_resolve_references()
+  probe.eval_split = config.train_split
+  probe.eval.num_segments = config_base.num_snippets(config)
+  segments = evaluate_lib.evaluate(probe, os.path.join(workdir, TAM_PROBE_DIR), variables,
+                                   model)['segments']
+  groups = t.num_segments if t.snippets_per_segment > 1 else None
+  selected = mechanism.tam_selection(segments['segment_probs'], t.top_n, groups)
+  inside, _ = mechanism.in_window(segments['video_id'], truth, probe.eval.num_segments,
+                                  config.modality)
+  p = mechanism.selection_precision(selected, inside)
+  return {'tam_precision': p['precision'], 'tam_base_rate': p['base_rate']}
+
+
+def test_mechanism(config: ml_collections.ConfigDict, segments: dict,
+                   truth: Optional[dict]) -> dict[str, Any]:
+  """DCW precision, entropies inside / outside the window and attention in the box on the test
+  videos (`evaluate` segments); nulls without ground truth or spatial attention."""
+  if truth is None:
+    return {k: v for k, v in NULL_MECHANISM.items() if not k.startswith('tam_')}
+  probs = segments['segment_probs']
+  inside, ref = mechanism.in_window(segments['video_id'], truth, probs.shape[1], config.modality)
+  p = mechanism.dcw_precision(probs, inside, config.eval.dcw_top_k)
+  out = {'dcw_precision': p['precision'], 'dcw_base_rate': p['base_rate'],
+         **mechanism.entropy_inside_outside(probs, inside),
+         'attention_in_box': None, 'box_area_fraction': None}
+  if config.model.spatial_attention:
+    height, width = config.input.frame_size
+    crop = config.input.crop_size
+    offset = tuple(int(v) for v in augment.center_offset(height, width, crop).numpy())
+    box = mechanism.attention_in_box(segments['video_id'], segments['attention'], truth, ref,
+                                     offset, crop)
+    out.update(attention_in_box=box['attention_in_box'],
+               box_area_fraction=box['box_area_fraction'])
+  return out
+
+
+def train_and_score(config: ml_collections.ConfigDict, workdir: str, classes: Sequence[str],
+                    truth: Optional[dict], figures_dir: Optional[str] = None,
+                    figure_videos: int = 3) -> tuple[dict, dict]:
+  """Trains `config` in `workdir` (resuming), scores it; returns (entry, fusion input).
+
+  The fusion input is {'video_id', 'label', 'ave', 'dcw'} (video-level scores, fuse.py).
+  """
+  config = config.copy_and_resolve_references()
+  config.eval.at_end = False
+  start = time.time()
+  state = train.train_and_evaluate(config, workdir)
+  train_seconds = time.time() - start
+  model = train.create_model(config, len(classes))
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  results = evaluate_lib.evaluate(config, workdir, variables, model,
+                                  keep_frames=figure_videos if figures_dir else 0)
+  segments = results.pop('segments')
+  scores = metrics.video_scores(segments['segment_probs'], config.eval.dcw_top_k)
+  m = results['metrics']
+  entry = {'row': config.row, 'row_name': config.row_name, 'modality': config.modality,
+           'seed': config.seed, 'num_test_videos': int(len(segments['label'])),
+           'chance': 1.0 / len(classes), 'ave_top1': m['ave']['top1'],
+           'dcw_top1': m['dcw']['top1'],
+           'ave_mean_class_accuracy': m['ave']['mean_class_accuracy'],
+           'dcw_mean_class_accuracy': m['dcw']['mean_class_accuracy'],
+           'predicted_classes': int(len(np.unique(np.argmax(scores['ave'], -1)))),
+           'train_steps': config.num_train_steps, 'train_seconds': round(train_seconds, 1)}
+  entry.update(tam_probe(config, variables, model, workdir, truth))
+  entry.update(test_mechanism(config, segments, truth))
+  entry['eval_seconds'] = round(time.time() - start - train_seconds, 1)
+  if figures_dir:
+    entry['figures'] = visualize.write_video_figures(
+        segments, figures_dir, classes, config.eval.dcw_top_k, config.model.spatial_attention,
+        figure_videos)
+  return entry, {'video_id': segments['video_id'], 'label': segments['label'], **scores}
+
+
+def fusion_entry(row: str, seed: int, streams: Sequence[dict], num_classes: int,
+                 weights: Optional[Sequence[float]] = None) -> dict:
+  """Weighted fusion (TSN weights RGB 1 : flow 1.5 by default) of one row's scored streams."""
+  labels, aligned = fuse.align(streams)
+  weights = list(weights or fuse.DEFAULT_WEIGHTS[:len(aligned)])
+  summary = metrics.summarize(fuse.fuse_streams(aligned, weights), labels, num_classes)
+  return {'row': row, 'modality': FUSION, 'seed': seed, 'num_test_videos': int(len(labels)),
+          'chance': 1.0 / num_classes, 'ave_top1': summary['ave']['top1'],
+          'dcw_top1': summary['dcw']['top1'],
+          'ave_mean_class_accuracy': summary['ave']['mean_class_accuracy'],
+          'dcw_mean_class_accuracy': summary['dcw']['mean_class_accuracy'],
+          'fusion_weights': weights, **NULL_MECHANISM}

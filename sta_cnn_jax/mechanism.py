@@ -1,0 +1,141 @@
+"""Is the attention working? Mechanism metrics against a dataset's ground truth.
+
+Ground truth (data_prep.synthetic's `boxes.json`): per video the evidence window
+`[start, stop)` (the frames that show the class's object) and the object's box in each frame.
+Every metric comes with its chance level, the value an attention that ignores the evidence
+would get:
+
+  TAM precision       fraction of the snippets Algorithm 1 selects (β = 1) on training videos
+                      that lie in the evidence window; chance = the window's base rate among
+                      all candidate snippets.
+  DCW precision       the same for Eq. 11's top-k test segments; chance = base rate of the
+                      25 test segments.
+  attention in box    spatial attention mass (Eq. 8's map, upsampled to the crop) inside the
+                      object's box; chance = the box's area fraction of the crop.
+  segment entropy     mean entropy H (Eq. 1) of test segments inside vs outside the window
+                      (the TAM premise: evidence makes the network confident, H low).
+
+A snippet's reference frame (the frame whose content it stands for): RGB, its first frame
+(the one the ACN sees); flow, the first frame of its middle field (fields t .. t+4 span frames
+t .. t+5). It lies in the window when start <= frame < stop.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from sta_cnn_jax import sampling
+from sta_cnn_jax import temporal
+from sta_cnn_jax import visualize
+
+# Box files: data_prep.synthetic.BOXES_FILE format.
+VIDEOS_KEY = 'videos'
+
+
+def load_ground_truth(path: str, frame_size: Optional[tuple[int, int]] = None) -> dict:
+  """{video_id: {'window': (start, stop), 'boxes': [box | None per frame], 'num_frames'}} from a
+  boxes.json; with frame_size (H, W) the boxes are rescaled to the prepared frames."""
+  with open(path, encoding='utf-8') as f:
+    data = json.load(f)
+  if VIDEOS_KEY not in data or 'frame_size' not in data:
+    raise ValueError(f'{path}: not a boxes file (needs "frame_size" and "videos", the format of '
+                     'data_prep.synthetic\'s boxes.json)')
+  src_h, src_w = data['frame_size']
+  sy, sx = (1.0, 1.0) if frame_size is None else (frame_size[0] / src_h, frame_size[1] / src_w)
+  out = {}
+  for vid, entry in data[VIDEOS_KEY].items():
+    boxes = [None if b is None else [b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy]
+             for b in entry['boxes']]
+    out[vid] = {'window': tuple(entry['evidence_frames']), 'boxes': boxes,
+                'num_frames': len(boxes)}
+  return out
+
+
+def reference_frames(num_frames: int, num_snippets: int, modality: str) -> np.ndarray:
+  """(S,) reference frame of each test-sampled snippet (TSN test offsets) of a video of
+  `num_frames` frames (see module doc)."""
+  if modality == 'rgb':
+    offsets = sampling.test_offsets(num_frames, num_snippets, sampling.RGB_NEW_LENGTH)
+    return np.asarray(offsets)
+  fields = max(num_frames - 1, 1)   # data_prep writes n - 1 flow fields
+  offsets = np.asarray(sampling.test_offsets(fields, num_snippets, sampling.FLOW_NEW_LENGTH))
+  return np.minimum(offsets + sampling.FLOW_FRAMES_PER_SNIPPET // 2, num_frames - 1)
+
+
+def in_window(video_ids: Sequence[str], truth: Mapping[str, dict], num_snippets: int,
+              modality: str) -> tuple[np.ndarray, np.ndarray]:
+  """(V, S) bool: does snippet s of video v lie in v's evidence window; (V, S) ref frames."""
+  inside, frames = [], []
+  for vid in video_ids:
+    entry = truth[vid]
+    ref = reference_frames(entry['num_frames'], num_snippets, modality)
+    start, stop = entry['window']
+    inside.append((ref >= start) & (ref < stop))
+    frames.append(ref)
+  return np.stack(inside), np.stack(frames)
+
+
+def selection_precision(selected: np.ndarray, inside: np.ndarray) -> dict[str, float]:
+  """{'precision': P(in window | selected), 'base_rate': P(in window)} over (V, S) masks."""
+  selected = np.asarray(selected, bool)
+  return {'precision': float(inside[selected].mean()) if selected.any() else float('nan'),
+          'base_rate': float(inside.mean())}
+
+
+def dcw_precision(segment_probs: np.ndarray, inside: np.ndarray, top_k: int) -> dict[str, float]:
+  """Precision of Eq. 11's β (top-k α = 1/H per video) against the evidence window."""
+  alpha = np.asarray(temporal.confidence_from_probs(segment_probs))
+  beta = np.asarray(temporal.temporal_attention_mask(alpha, min(top_k, alpha.shape[1])))
+  return selection_precision(beta > 0, inside)
+
+
+def tam_selection(segment_probs: np.ndarray, top_n: int, num_segments: Optional[int]
+                  ) -> np.ndarray:
+  """(V, S) β of Algorithm 1 from per-snippet probabilities: top_n by α = 1/H overall, or
+  top_m inside each of `num_segments` groups (TS(N×M, N×top_m))."""
+  alpha = np.asarray(temporal.confidence_from_probs(segment_probs))
+  return np.asarray(temporal.temporal_attention_mask(alpha, top_n, num_segments=num_segments)) > 0
+
+
+def entropy_inside_outside(segment_probs: np.ndarray, inside: np.ndarray) -> dict[str, float]:
+  """Mean segment entropy H (Eq. 1) inside / outside the evidence window."""
+  p = np.clip(np.asarray(segment_probs, np.float64), 1e-12, 1.0)
+  entropy = -np.sum(p * np.log(p), axis=-1)                                  # (V, S)
+  mean = lambda m: float(entropy[m].mean()) if m.any() else float('nan')
+  return {'entropy_in_window': mean(inside), 'entropy_outside_window': mean(~inside)}
+
+
+def clip_box(box: Sequence[float], size: tuple[int, int]) -> Optional[list[float]]:
+  """box [x0, y0, x1, y1] clipped to a (H, W) crop, or None when less than a pixel remains."""
+  h, w = size
+  clipped = [max(box[0], 0.0), max(box[1], 0.0), min(box[2], w), min(box[3], h)]
+  return clipped if clipped[2] - clipped[0] >= 1 and clipped[3] - clipped[1] >= 1 else None
+
+
+def attention_in_box(video_ids: Sequence[str], attention: np.ndarray, truth: Mapping[str, dict],
+                     ref_frames: np.ndarray, crop_offset: tuple[int, int], crop_size: int
+                     ) -> dict[str, Any]:
+  """Mean attention mass inside the object's box over every (video, segment) whose reference
+  frame shows the object inside the crop, and the mean box area fraction (chance).
+
+  attention: (V, S, K, K) maps of the crop at crop_offset (dy, dx) of the prepared frame.
+  """
+  dy, dx = crop_offset
+  mass, area = [], []
+  for v, vid in enumerate(video_ids):
+    for s, frame in enumerate(ref_frames[v]):
+      box = truth[vid]['boxes'][int(frame)]
+      if box is None:
+        continue
+      size = (crop_size, crop_size)
+      clipped = clip_box([box[0] - dx, box[1] - dy, box[2] - dx, box[3] - dy], size)
+      if clipped is None:
+        continue                       # the object is outside the crop
+      mass.append(visualize.attention_mass_in_box(attention[v, s], clipped, size))
+      area.append(visualize.box_area_fraction(clipped, size))
+  return {'attention_in_box': float(np.mean(mass)) if mass else None,
+          'box_area_fraction': float(np.mean(area)) if area else None,
+          'num_segments_with_object': len(mass)}

@@ -1,0 +1,108 @@
+"""Mechanism metrics (sta_cnn_jax.mechanism) and accuracy intervals (metrics.wilson_interval)
+against independent NumPy computations and closed forms."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from sta_cnn_jax import mechanism
+from sta_cnn_jax import metrics
+
+
+def test_wilson_interval_matches_the_closed_form():
+  z = 1.959963984540054
+  for correct, total in ((0, 10), (5, 10), (10, 10), (37, 100), (1, 3)):
+    p = correct / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z / (1 + z * z / total) * math.sqrt(p * (1 - p) / total + z * z / (4 * total ** 2))
+    low, high = metrics.wilson_interval(correct, total)
+    assert low == pytest.approx(max(centre - half, 0), abs=1e-12)
+    assert high == pytest.approx(min(centre + half, 1), abs=1e-12)
+    assert 0 <= low <= p <= high <= 1
+  # Known value: 50/100 -> [40.4%, 59.6%].
+  low, high = metrics.wilson_interval(50, 100)
+  assert (round(low, 3), round(high, 3)) == (0.404, 0.596)
+  assert metrics.format_accuracy(0.5, 100) == "50.0% [40.4, 59.6]"
+  with pytest.raises(ValueError):
+    metrics.wilson_interval(3, 2)
+
+
+def _truth(num_frames=48, window=(10, 30), box=(8.0, 8.0, 24.0, 24.0)):
+  boxes = [list(box) if window[0] <= t < window[1] else None for t in range(num_frames)]
+  return {"window": window, "boxes": boxes, "num_frames": num_frames}
+
+
+def test_reference_frames_follow_tsn_test_offsets():
+  n, s = 48, 25
+  tick = (n - 1 + 1) / s
+  expected_rgb = [int(tick / 2 + tick * k) for k in range(s)]
+  np.testing.assert_array_equal(mechanism.reference_frames(n, s, "rgb"), expected_rgb)
+  fields = n - 1
+  tick = (fields - 5 + 1) / s
+  expected_flow = [int(tick / 2 + tick * k) + 2 for k in range(s)]
+  np.testing.assert_array_equal(mechanism.reference_frames(n, s, "flow"), expected_flow)
+
+
+def test_selection_precision_and_dcw_precision_against_numpy():
+  rng = np.random.default_rng(0)
+  truth = {"a": _truth(window=(0, 20)), "b": _truth(window=(30, 48))}
+  inside, ref = mechanism.in_window(["a", "b"], truth, 25, "rgb")
+  np.testing.assert_array_equal(inside[0], ref[0] < 20)
+  np.testing.assert_array_equal(inside[1], ref[1] >= 30)
+  probs = rng.dirichlet(np.ones(5), size=(2, 25))
+  # Make the in-window segments confident: DCW's top-k must then be inside the window.
+  probs[inside] = np.eye(5)[0] * 0.96 + 0.01
+  p = mechanism.dcw_precision(probs, inside, top_k=5)
+  assert p["precision"] == 1.0 and p["base_rate"] == pytest.approx(inside.mean())
+  # Independent count with a random selection.
+  selected = rng.random((2, 25)) < 0.3
+  q = mechanism.selection_precision(selected, inside)
+  assert q["precision"] == pytest.approx((selected & inside).sum() / selected.sum())
+
+
+def test_tam_selection_per_segment_group():
+  probs = np.full((1, 9, 3), 1 / 3)
+  for s in (1, 3, 8):                       # one confident snippet per group of 3
+    probs[0, s] = [0.98, 0.01, 0.01]
+  selected = mechanism.tam_selection(probs, top_n=1, num_segments=3)
+  np.testing.assert_array_equal(np.flatnonzero(selected[0]), [1, 3, 8])
+
+
+def test_entropy_inside_outside():
+  probs = np.array([[[1.0, 0.0], [0.5, 0.5]]])
+  inside = np.array([[True, False]])
+  e = mechanism.entropy_inside_outside(probs, inside)
+  assert e["entropy_in_window"] == pytest.approx(0.0, abs=1e-9)
+  assert e["entropy_outside_window"] == pytest.approx(math.log(2))
+
+
+def test_attention_in_box_uniform_is_area_and_peaked_is_more():
+  truth = {"v": _truth(window=(0, 48), box=(0.0, 0.0, 32.0, 32.0))}
+  _, ref = mechanism.in_window(["v"], truth, 25, "rgb")
+  uniform = np.full((1, 25, 3, 3), 1 / 9)
+  out = mechanism.attention_in_box(["v"], uniform, truth, ref, (0, 0), 96)
+  assert out["attention_in_box"] == pytest.approx(1 / 9)
+  assert out["box_area_fraction"] == pytest.approx(1 / 9)
+  peaked = np.zeros((1, 25, 3, 3))
+  peaked[..., 0, 0] = 1.0                      # all mass on the top-left cell = the box
+  out = mechanism.attention_in_box(["v"], peaked, truth, ref, (0, 0), 96)
+  assert out["attention_in_box"] == pytest.approx(1.0)
+  # A crop offset that moves the box out of the crop leaves nothing to measure.
+  out = mechanism.attention_in_box(["v"], peaked, truth, ref, (0, 40), 96)
+  assert out["attention_in_box"] is None and out["num_segments_with_object"] == 0
+
+
+def test_load_ground_truth_rescales(tmp_path):
+  data = {"frame_size": [48, 64], "videos": {"v": {"evidence_frames": [1, 3],
+                                                     "boxes": [None, [0, 0, 8, 6], [2, 2, 10, 8],
+                                                               None]}}}
+  path = tmp_path / "boxes.json"
+  path.write_text(json.dumps(data))
+  truth = mechanism.load_ground_truth(str(path), frame_size=(96, 128))
+  assert truth["v"]["window"] == (1, 3) and truth["v"]["num_frames"] == 4
+  assert truth["v"]["boxes"][1] == [0, 0, 16, 12]
+  (tmp_path / "bad.json").write_text("{}")
+  with pytest.raises(ValueError, match="bad.json"):
+    mechanism.load_ground_truth(str(tmp_path / "bad.json"))
