@@ -1,5 +1,6 @@
-"""End to end: the demo's whole path (synthetic videos → shards → SAN pre-training → training →
-25-segment eval with AVE/DCW → figures → table) on a couple of training steps."""
+"""End to end: the demo's whole path (synthetic videos → shards → SAN pre-training → RGB and flow
+training → 25-segment eval with AVE/DCW → fusion → mechanism metrics → figures → table) on a
+couple of training steps."""
 
 import json
 import os
@@ -9,29 +10,37 @@ import numpy as np
 import pytest
 
 from sta_cnn_jax import demo
+from sta_cnn_jax import metrics
 
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
   workdir = str(tmp_path / "demo")
-  entries = demo.run(workdir, ["baseline", "sta_ts3x3_3x1"], steps=2)
-  assert [e["row"] for e in entries] == ["baseline", "sta_ts3x3_3x1"]
+  result = demo.run(workdir, ["sta_ts3x3_3x1"], steps=2)
+  entries = result["entries"]
+  assert [(e["row"], e["modality"]) for e in entries] == [
+      ("sta_ts3x3_3x1", "rgb"), ("sta_ts3x3_3x1", "flow"), ("sta_ts3x3_3x1", "fusion")]
   manifest = json.load(open(os.path.join(workdir, demo.SHARDS_DIR, "manifest.json")))
   num_test = manifest["num_videos"]["test"]
-  for entry in entries:
-    results = json.load(open(os.path.join(workdir, f"rgb_{entry['row']}", "results.json")))
-    assert results["num_videos"] == num_test
+  rgb, flow, fused = entries
+  for entry in (rgb, flow):
+    results = json.load(open(os.path.join(workdir, f"{entry['modality']}_sta_ts3x3_3x1",
+                                          "results.json")))
+    assert results["num_videos"] == num_test == entry["num_test_videos"]
     for method in ("dcw", "ave"):
-      assert 0.0 <= entry[f"{method}_top1"] <= 1.0
       assert entry[f"{method}_top1"] == results["metrics"][method]["top1"]
+    # Mechanism metrics are fractions beside their chance levels.
+    for key in ("tam_precision", "tam_base_rate", "dcw_precision", "dcw_base_rate",
+                "attention_in_box", "box_area_fraction"):
+      assert 0.0 <= entry[key] <= 1.0, key
+    assert 0.0 < entry["box_area_fraction"] < 1.0
     for path in entry["figures"]:
       image = matplotlib.image.imread(path)
       assert image.shape[0] > 100 and image.shape[1] > 100 and np.std(image) > 0.01
-  sta = entries[1]
-  # Attention mass inside the object's box is a fraction, and chance is the box's area fraction.
-  assert 0.0 <= sta["attention_mass_in_box"] <= 1.0
-  assert 0.0 < sta["box_area_fraction"] < 1.0
-  assert sta["num_segments_with_object"] > 0
-  assert any(p.endswith("_attention.png") for p in sta["figures"])
+    assert any(p.endswith("_attention.png") for p in entry["figures"])
+  assert fused["chance"] == pytest.approx(1 / len(manifest["classes"]))
+  assert result["san_pretraining"]["epe_after"] >= 0
   table = open(os.path.join(workdir, "results.md")).read()
-  assert "STA-TS(3x3,3x1)" in table and "BN-Inception TS(1,1)" in table
+  # Every accuracy is printed with its 95% interval.
+  assert metrics.format_accuracy(fused["dcw_top1"], num_test) in table
+  assert "STA-TS(3x3,3x1) | fusion" in table

@@ -1,0 +1,345 @@
+r"""Fidelity: a seeded miniature of the paper's Tables 1-3 and the two-stream fusion.
+
+    python -m benchmarks.fidelity --out=DIR [--videos=DIR --splits=DIR [--boxes=FILE]]
+        [--seeds=3] [--rows=baseline,tsn3,tam_ts3x3_3x1,sam_cnn3,sta_ts3x3_3x1] [--quick]
+        [--validation] [--steps=N]
+
+Does the implementation LEARN, and does each attention do what the paper says? Every row is
+trained from random weights with the miniature recipe of configs/demo.py (a narrow
+BN-Inception; see docs/miniature.md), for the RGB and the flow stream, for several seeds, and
+scored with the test protocol (25 segments, AVE and DCW top-15); RGB and flow scores are fused
+with TSN's weights 1 : 1.5. Each accuracy is printed with its 95% Wilson interval and the chance
+level; means are over seeds with their standard deviation.
+
+Data: by default a synthetic set of `data_prep.synthetic` (`FIDELITY_DATASET`: 10 classes, 100
+test videos, so one video is 1 point) written under DIR; or any dataset in the UCF101 layout
+(`--videos`, `--splits`; `--boxes` in the boxes.json format of data_prep.synthetic turns on
+the mechanism metrics, which are null without it).
+
+`--validation`: the test split is replaced by a validation split carved from the training
+groups (data_prep.validation_split). Recipes are chosen this way; the test split is for the
+final numbers only.
+
+Mechanism metrics (sta_cnn_jax.mechanism), each beside its chance level:
+  tam_precision    fraction of the snippets Algorithm 1 selects on the TRAINING videos (the
+                   trained network in eval mode on the row's N x M snippets at TSN's test
+                   positions) that lie in the evidence window; chance `tam_base_rate`.
+  dcw_precision    the same for DCW's top-15 test segments; chance `dcw_base_rate`.
+  attention_in_box spatial attention mass inside the object's box (SAM / STA rows); chance
+                   `box_area_fraction`.
+  entropy          mean segment entropy inside / outside the evidence window.
+
+Writes DIR/results.json ({"entries": [...], one per (row, modality, seed)}, plus summaries and
+the orderings of the paper, each holding or not with its per-seed differences), DIR/results.md
+and DIR/figures/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Optional, Sequence
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import logging
+import jax
+import numpy as np
+
+from configs import base as config_base
+from configs import demo as miniature
+from data_prep import prepare as prepare_lib
+from data_prep import synthetic
+from data_prep import validation_split
+from sta_cnn_jax import experiment
+from sta_cnn_jax import input_pipeline
+from sta_cnn_jax import mechanism
+from sta_cnn_jax import metrics
+from sta_cnn_jax import visualize
+
+DEFAULT_ROWS = ('baseline', 'tsn3', 'tam_ts3x3_3x1', 'sam_cnn3', 'sta_ts3x3_3x1')
+STREAMS = ('rgb', 'flow')
+FUSION = experiment.FUSION
+# The default data set: 10 classes x (10 test + 24 train) videos of 48 frames.
+FIDELITY_DATASET = dict(num_classes=10, videos_per_class=34, test_per_class=10, frames=48)
+# --quick: one seed and this fraction of the training steps.
+QUICK_STEP_FRACTION = 0.5
+FIGURE_VIDEOS = 3
+ORDERING_METHOD = 'dcw'   # rows are compared on the paper's test-time method (Eq. 11)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data.
+# ---------------------------------------------------------------------------------------------
+
+
+def prepare_data(args: argparse.Namespace) -> dict:
+  """Videos -> (validation split) -> shards. Returns {'shards', 'boxes' (or None), 'classes'}."""
+  videos, splits, boxes = args.videos, args.splits, args.boxes
+  if not videos:
+    root = os.path.join(args.out, 'synthetic')
+    if not os.path.isfile(os.path.join(root, synthetic.BOXES_FILE)):
+      logging.info('writing the synthetic data set to %s', root)
+      frame_h, frame_w = miniature.FRAME_SIZE
+      synthetic.generate(root, size=(frame_w, frame_h), seed=args.data_seed,
+                         object_fraction=miniature.OBJECT_FRACTION,
+                         evidence_fraction=miniature.EVIDENCE_FRACTION, **FIDELITY_DATASET)
+    videos = os.path.join(root, synthetic.VIDEOS_DIR)
+    splits = os.path.join(root, synthetic.SPLITS_DIR)
+    boxes = boxes or os.path.join(root, synthetic.BOXES_FILE)
+  elif not splits:
+    raise ValueError('--videos needs --splits (a UCF101-layout split folder)')
+  name = 'shards'
+  if args.validation:
+    carved = os.path.join(args.out, 'splits_validation')
+    validation_split.write_validation_split(splits, carved)
+    splits, name = carved, 'shards_validation'
+  shards = os.path.join(args.out, name)
+  if not os.path.isfile(os.path.join(shards, input_pipeline.MANIFEST_NAME)):
+    frame_h, frame_w = miniature.FRAME_SIZE
+    prepare_lib.prepare(prepare_lib.PrepareOptions(
+        out=shards, dataset='ucf101', videos=videos, splits=splits, split=1,
+        modalities=STREAMS, flow='dis', frame_width=frame_w, frame_height=frame_h,
+        workers=os.cpu_count() or 1))
+  classes = input_pipeline.dataset_info(shards)['classes']
+  return {'shards': shards, 'boxes': boxes, 'classes': classes}
+
+
+# ---------------------------------------------------------------------------------------------
+# One run.
+# ---------------------------------------------------------------------------------------------
+
+
+def run_config(row: str, modality: str, seed: int, shards: str, steps: int = 0,
+               san_weights: str = ''):
+  """The miniature config of a row / stream / seed on `shards`."""
+  config = miniature.get_config(f'{modality},{row}')
+  config.data_dir = shards
+  config.seed = seed
+  if steps:
+    config.num_train_steps = steps
+    config.san_pretrain.num_steps = steps
+  if config.model.spatial_attention and modality == 'rgb':
+    config.init.san_weights = san_weights
+  return config
+
+
+# ---------------------------------------------------------------------------------------------
+# Summaries.
+# ---------------------------------------------------------------------------------------------
+
+METRIC_KEYS = ('ave_top1', 'dcw_top1', 'tam_precision', 'tam_base_rate', 'dcw_precision',
+               'dcw_base_rate', 'attention_in_box', 'box_area_fraction', 'entropy_in_window',
+               'entropy_outside_window')
+
+
+def _select(entries, row=None, modality=None):
+  return [e for e in entries if (row is None or e['row'] == row) and
+          (modality is None or e['modality'] == modality)]
+
+
+def summarize(entries: Sequence[dict]) -> list[dict]:
+  """Mean / std over seeds of every metric per (row, modality), plus the pooled 95% interval
+  of each accuracy (all seeds' test videos together)."""
+  out = []
+  keys = sorted({(e['row'], e['modality']) for e in entries},
+                key=lambda k: (k[1] != 'rgb', k[1] != 'flow', k[0]))
+  for row, modality in keys:
+    group = _select(entries, row, modality)
+    s = {'row': row, 'modality': modality, 'seeds': len(group),
+         'chance': group[0]['chance'], 'num_test_videos': group[0]['num_test_videos']}
+    for key in METRIC_KEYS:
+      values = [e[key] for e in group if e.get(key) is not None]
+      s[key] = {'mean': float(np.mean(values)), 'std': float(np.std(values))} if values else None
+    for method in ('ave', 'dcw'):
+      correct = sum(int(round(e[f'{method}_top1'] * e['num_test_videos'])) for e in group)
+      total = sum(e['num_test_videos'] for e in group)
+      s[f'{method}_top1_interval95'] = list(metrics.wilson_interval(correct, total))
+    out.append(s)
+  return out
+
+
+def _difference(entries, a: tuple[str, str, str], b: tuple[str, str, str]) -> Optional[dict]:
+  """Per-seed differences of metric a - metric b, each given as (row, modality, metric)."""
+  diffs = []
+  for ea in _select(entries, a[0], a[1]):
+    eb = [e for e in _select(entries, b[0], b[1]) if e['seed'] == ea['seed']]
+    if eb:
+      diffs.append(ea[a[2]] - eb[0][b[2]])
+  if not diffs:
+    return None
+  return {'mean': float(np.mean(diffs)), 'std': float(np.std(diffs)),
+          'per_seed': [round(d, 4) for d in diffs]}
+
+
+def orderings(entries: Sequence[dict], rows: Sequence[str]) -> list[dict]:
+  """The paper's orderings, each holding (mean difference over seeds > 0; DCW >= AVE: >= 0)
+  or not, with the per-seed differences (positive = the paper's direction)."""
+  m = f'{ORDERING_METHOD}_top1'
+  checks = []
+  def add(claim, a, b, strict=True):
+    d = _difference(entries, a, b)
+    if d is not None:
+      holds = d['mean'] > 0 if strict else d['mean'] >= 0
+      checks.append({'claim': claim, 'holds': bool(holds), **d})
+  for mod in STREAMS + (FUSION,):
+    if 'tam_ts3x3_3x1' in rows:
+      for ref in ('tsn3', 'baseline'):
+        if ref in rows:
+          add(f'{mod}: TAM-TS(3x3,3x1) > {ref}', ('tam_ts3x3_3x1', mod, m), (ref, mod, m))
+    if 'sam_cnn3' in rows:
+      for ref in ('baseline', 'tsn3'):
+        if ref in rows:
+          add(f'{mod}: SAM-CNN3 > {ref}', ('sam_cnn3', mod, m), (ref, mod, m))
+    if 'sta_ts3x3_3x1' in rows:
+      for ref in rows:
+        if ref != 'sta_ts3x3_3x1':
+          add(f'{mod}: STA-TS(3x3,3x1) > {ref}', ('sta_ts3x3_3x1', mod, m), (ref, mod, m))
+    for row in rows:
+      add(f'{mod} {row}: DCW >= AVE', (row, mod, 'dcw_top1'), (row, mod, 'ave_top1'),
+          strict=False)
+  for row in rows:
+    for mod in STREAMS:
+      add(f'{row}: fusion > {mod}', (row, FUSION, m), (row, mod, m))
+  return checks
+
+
+def _fmt(stat: Optional[dict], percent: bool = True) -> str:
+  if stat is None:
+    return '—'
+  if percent:
+    return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}"
+  return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+
+
+def format_markdown(summary: Sequence[dict], checks: Sequence[dict], epe: Sequence[dict],
+                    header: str) -> str:
+  lines = [header, '',
+           '| row | stream | seeds | DCW top-1 % (mean ± std) [95% CI] | AVE top-1 % [95% CI] | '
+           'chance % | TAM prec. (base) | DCW prec. (base) | attention in box (area) | '
+           'H in / out window |', '|' + '---|' * 10]
+  for s in summary:
+    ci = lambda k: f"[{100 * s[k][0]:.1f}, {100 * s[k][1]:.1f}]"
+    pair = lambda a, b: ('—' if s[a] is None else
+                         f"{_fmt(s[a], False)} ({_fmt(s[b], False)})")
+    entropy = ('—' if s['entropy_in_window'] is None else
+               f"{s['entropy_in_window']['mean']:.2f} / {s['entropy_outside_window']['mean']:.2f}")
+    lines.append(f"| {s['row']} | {s['modality']} | {s['seeds']} | {_fmt(s['dcw_top1'])} "
+                 f"{ci('dcw_top1_interval95')} | {_fmt(s['ave_top1'])} "
+                 f"{ci('ave_top1_interval95')} | {100 * s['chance']:.1f} | "
+                 f"{pair('tam_precision', 'tam_base_rate')} | "
+                 f"{pair('dcw_precision', 'dcw_base_rate')} | "
+                 f"{pair('attention_in_box', 'box_area_fraction')} | {entropy} |")
+  lines += ['', '95% CI: Wilson interval of the accuracy over all seeds\' test videos pooled.', '',
+            '| ordering (paper) | holds | mean diff (pts) | std | per seed |', '|---|---|---|---|---|']
+  for c in checks:
+    lines.append(f"| {c['claim']} | {'yes' if c['holds'] else 'NO'} | {100 * c['mean']:+.1f} | "
+                 f"{100 * c['std']:.1f} | {', '.join(f'{100 * d:+.1f}' for d in c['per_seed'])} |")
+  if epe:
+    lines += ['', '| SAN pre-training seed | steps | EPE before (px) | EPE after (px) | '
+              'zero-flow EPE (px) |', '|---|---|---|---|---|']
+    for e in epe:
+      lines.append(f"| {e['seed']} | {e['steps']} | {e['epe_before']:.3f} | {e['epe_after']:.3f} | "
+                   f"{e['zero_flow_epe']:.3f} |")
+  return '\n'.join(lines)
+
+
+def accuracy_figure(summary: Sequence[dict], rows: Sequence[str], out: str) -> str:
+  groups, errors = {}, {}
+  for mod in STREAMS + (FUSION,):
+    stats = {s['row']: s['dcw_top1'] for s in summary if s['modality'] == mod}
+    if stats:
+      groups[mod] = [stats[r]['mean'] if r in stats else 0.0 for r in rows]
+      errors[mod] = [stats[r]['std'] if r in stats else 0.0 for r in rows]
+  return str(visualize.plot_accuracy_bars(rows, groups, errors, summary[0]['chance'],
+                                          os.path.join(out, 'figures', 'accuracy_dcw.png'),
+                                          'DCW top-1, mean ± std over seeds'))
+
+
+# ---------------------------------------------------------------------------------------------
+# Main.
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+  ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument('--out', required=True, help='Output folder (data, runs, results, figures).')
+  ap.add_argument('--videos', default='', help='UCF101-layout videos (default: synthetic).')
+  ap.add_argument('--splits', default='', help='UCF101-layout split folder (with --videos).')
+  ap.add_argument('--boxes', default='', help='boxes.json (data_prep.synthetic format).')
+  ap.add_argument('--seeds', type=int, default=3, help='Training seeds 0 .. N-1.')
+  ap.add_argument('--rows', default=','.join(DEFAULT_ROWS), help='Rows of configs/base.py.')
+  ap.add_argument('--quick', action='store_true', help='One seed, half the steps.')
+  ap.add_argument('--validation', action='store_true',
+                  help='Score on a validation split carved from the training groups.')
+  ap.add_argument('--steps', type=int, default=0, help='Override the training steps per run.')
+  ap.add_argument('--data_seed', type=int, default=0, help='Seed of the synthetic data set.')
+  return ap.parse_args(argv)
+
+
+def main(argv: Sequence[str]) -> dict:
+  args = parse_args(argv)
+  logging.set_verbosity(logging.WARNING)
+  rows = [r.strip() for r in args.rows.split(',') if r.strip()]
+  for row in rows:
+    config_base.parse_arg(row)                     # clear error for an unknown row
+  seeds = list(range(1 if args.quick else args.seeds))
+  os.makedirs(args.out, exist_ok=True)
+  start = time.time()
+  data = prepare_data(args)
+  truth = (mechanism.load_ground_truth(data['boxes'], miniature.FRAME_SIZE)
+           if data['boxes'] else None)
+  steps = {m: args.steps or (int(miniature.SCHEDULE[m][1] * QUICK_STEP_FRACTION)
+                             if args.quick else 0) for m in STREAMS}
+  san_rows = [r for r in rows if run_config(r, 'rgb', 0, data['shards']).model.spatial_attention]
+  entries, epe = [], []
+  for seed in seeds:
+    san_weights = ''
+    if san_rows:
+      san_weights, report = experiment.pretrain_san_with_epe(
+          run_config(san_rows[0], 'rgb', seed, data['shards'], steps['rgb']),
+          os.path.join(args.out, 'san', f'seed{seed}'))
+      epe.append(report)
+    for row in rows:
+      streams = []
+      for modality in STREAMS:
+        config = run_config(row, modality, seed, data['shards'], steps[modality], san_weights)
+        figures = os.path.join(args.out, 'figures', f'{modality}_{row}') if seed == 0 else None
+        entry, scores = experiment.train_and_score(
+            config, os.path.join(args.out, 'runs', f'{modality}_{row}_seed{seed}'),
+            data['classes'], truth, figures, FIGURE_VIDEOS)
+        entries.append(entry)
+        streams.append(scores)
+        print(json.dumps({k: entry[k] for k in ('row', 'modality', 'seed', 'ave_top1',
+                                                'dcw_top1', 'train_seconds')}), flush=True)
+      entries.append(experiment.fusion_entry(row, seed, streams, len(data['classes'])))
+  summary = summarize(entries)
+  checks = orderings(entries, rows)
+  wall = time.time() - start
+  split = 'validation (carved from training groups)' if args.validation else 'test'
+  header = (f"# Fidelity miniature ({split} split, {entries[0]['num_test_videos']} videos, "
+            f"{len(data['classes'])} classes, seeds {seeds}, wall {wall / 60:.1f} min)\n\n"
+            f"Command: `python -m benchmarks.fidelity {' '.join(argv)}`\n\n"
+            f"Narrow BN-Inception (width x{miniature.WIDTH_MULTIPLIER}), "
+            f"{miniature.CROP_SIZE}px crops, from random weights: a miniature, not the paper's "
+            f"network. Rows compared on {ORDERING_METHOD.upper()} top-1.")
+  figure = accuracy_figure(summary, rows, args.out)
+  result = {'command': f"python -m benchmarks.fidelity {' '.join(argv)}", 'split': split,
+            'wall_seconds': round(wall, 1), 'devices': [str(d) for d in jax.devices()],
+            'entries': entries, 'summary': summary, 'orderings': checks,
+            'san_pretraining': epe, 'figures': [figure]}
+  with open(os.path.join(args.out, 'results.json'), 'w') as f:
+    json.dump(result, f, indent=1)
+  markdown = format_markdown(summary, checks, epe, header)
+  with open(os.path.join(args.out, 'results.md'), 'w') as f:
+    f.write(markdown + '\n')
+  print(markdown)
+  return result
+
+
+if __name__ == '__main__':
+  main(sys.argv[1:])
