@@ -491,6 +491,14 @@ def _manifest_problem(manifest: dict, summaries: dict[str, dict]) -> list[Damage
   return problems
 
 
+def read_summary(out_dir: str, filename: str) -> dict | None:
+  """The `.progress` summary of shard `filename`, or None (absent or unreadable)."""
+  try:
+    return read_json(_join(out_dir, PROGRESS_DIR, filename + ".json"))
+  except Exception:  # pylint: disable=broad-except  # missing / unreadable: no summary
+    return None
+
+
 def _summaries(out_dir: str) -> dict[str, dict]:
   """{shard filename: summary} of the `.progress` folder (empty if there is none)."""
   gfile = _gfile()
@@ -518,7 +526,8 @@ def verify_output(out_dir: str, checksums: bool = True) -> tuple[list[Damage], i
   manifest_path = _join(out_dir, MANIFEST_FILE)
   manifest = None
   if not gfile.exists(manifest_path):
-    damages.append(Damage(MANIFEST_FILE, "missing"))
+    damages.append(Damage(MANIFEST_FILE, "missing (the run that prepared this output did not "
+                          "finish, or the file was removed)"))
   else:
     try:
       manifest = read_json(manifest_path)

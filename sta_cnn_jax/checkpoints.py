@@ -15,7 +15,9 @@ one line (step, path, reason), moved to `<checkpoints>/corrupt/<step>-<UTC time>
 ignores; nothing is deleted) and the newest checkpoint that restores is used. For inference
 (`fallback=False`) nothing is moved: a corrupt latest checkpoint is an error that says which
 older one restores. If none restores, `CheckpointCorruptError` says so in one line and leaves
-every file in place. A shape mismatch (another config) is never taken for corruption.
+every file in place. A shape mismatch (another config) is never taken for corruption. A write
+that fails (folder removed during an async save, disk full) is one `CheckpointWriteError` naming
+the step and the last complete checkpoint.
 """
 
 import json
@@ -56,6 +58,11 @@ class CheckpointCorruptError(RuntimeError):
   """No usable checkpoint: the one-line message names each step, its path and why it failed."""
 
 
+class CheckpointWriteError(RuntimeError):
+  """A checkpoint could not be written (its folder removed, disk full, ...); the one-line
+  message names the step and the last complete checkpoint, which is kept."""
+
+
 class _UnreadableCheckpoint(Exception):
   """A checkpoint whose metadata cannot be read."""
 
@@ -63,6 +70,55 @@ class _UnreadableCheckpoint(Exception):
 # ---------------------------------------------------------------------------------------------
 # Training checkpoints.
 # ---------------------------------------------------------------------------------------------
+
+
+class _Manager(ocp.CheckpointManager):
+  """Orbax's CheckpointManager; a failed write surfaces as one CheckpointWriteError.
+
+  An async save fails in Orbax's background thread and is re-raised, with Orbax's own
+  traceback, by the next `save` or `wait_until_finished` (save calls it first).
+  """
+
+  _writing: Optional[int] = None  # the step whose (async) write may still be in flight
+
+  def save(self, step: int, *args, **kwargs) -> bool:
+    self.wait_until_finished()  # a failure of the previous write is reported as that step's
+    self._writing = int(step)
+    try:
+      return super().save(step, *args, **kwargs)
+    except CheckpointWriteError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  # any failure of the write
+      raise self._write_error(e) from None
+
+  def wait_until_finished(self) -> None:
+    try:
+      super().wait_until_finished()
+    except CheckpointWriteError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  # any failure of the write
+      raise self._write_error(e) from None
+
+  def _write_error(self, error: BaseException) -> CheckpointWriteError:
+    # Let Orbax's background threads end now: left running, they fail again at interpreter exit
+    # ('cannot schedule new futures after shutdown') after the message.
+    for part in ('_checkpointer', '_non_blocking_metadata_store', '_blocking_metadata_store',
+                 '_checkpoint_deleter'):
+      try:
+        getattr(self, part).close()
+      except Exception:  # pylint: disable=broad-except  # best effort: they failed already
+        pass
+    try:
+      self.reload()
+      last = self.latest_step()
+    except Exception:  # pylint: disable=broad-except  # the folder itself may be gone
+      last = None
+    kept = (f'the last complete checkpoint, step {last}, is kept' if last is not None
+            else 'no complete checkpoint is left')
+    return CheckpointWriteError(
+        f'writing checkpoint step {self._writing} in {self.directory} failed ({_reason(error)}; '
+        f'folder removed, disk full or not writable?); {kept}: resume with the same command '
+        'once the cause is fixed')
 
 
 def create_manager(directory: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
@@ -76,8 +132,8 @@ def create_manager(directory: str, config: ml_collections.ConfigDict) -> ocp.Che
       enable_async_checkpointing=config.checkpoint.async_save)
   # The handler is named up front so a new process can read a checkpoint's metadata (shapes)
   # before restoring anything.
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                               item_handlers=ocp.StandardCheckpointHandler())
+  return _Manager(os.path.abspath(directory), options=options,
+                  item_handlers=ocp.StandardCheckpointHandler())
 
 
 def _host(x: Any) -> Any:

@@ -29,6 +29,7 @@ import collections
 import itertools
 import json
 import os
+import re
 import struct
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
@@ -202,6 +203,18 @@ def _shard_damages(files: Sequence[str], manifest: Dict[str, Any], checksums: bo
   return damaged
 
 
+def _blame_manifest(data_dir: str, path: str, reason: str) -> tuple[str, str]:
+  """(path, reason), or the manifest's entry when the shard still matches the summary data_prep
+  wrote with it (.progress/<shard>.json): then manifest.json was edited, not the shard."""
+  summary = shards_lib.read_summary(data_dir, os.path.basename(path))
+  if (summary and summary.get("bytes") is not None and tf.io.gfile.exists(path)
+      and tf.io.gfile.stat(path).length == summary["bytes"]):
+    return (os.path.join(data_dir, MANIFEST_NAME),
+            f"its record of {os.path.basename(path)} differs from the shard, which still "
+            f"matches its {shards_lib.PROGRESS_DIR}/ summary ({reason}): edited?")
+  return path, reason
+
+
 def _damage_message(data_dir: str, split: str, damaged: Sequence[tuple[str, str]],
                     prefix: str = "") -> str:
   listing = "; ".join(f"{path} ({reason})" for path, reason in damaged)
@@ -243,7 +256,8 @@ def verify_shards(data_dir: str, split: str, checksums: bool = False, process_in
                 if os.path.basename(f) not in set(listed)]
   mine = host_shards(files, process_index, process_count)
   already = {path for path, _ in damaged}
-  damaged += _shard_damages([f for f in mine if f not in already], manifest, checksums)
+  damaged += [_blame_manifest(data_dir, path, reason) for path, reason in
+              _shard_damages([f for f in mine if f not in already], manifest, checksums)]
   counts = manifest.get(shards_lib.SHARD_RECORDS_KEY) or {}
   total = (manifest.get("num_videos") or {}).get(split)
   names = listed if listed is not None else [os.path.basename(f) for f in files]
@@ -274,6 +288,12 @@ def locate_damage(data_dir: str, files: Sequence[str],
   return damaged
 
 
+def _tf_cause(error: tf.errors.OpError) -> str:
+  """TF's message without its function-node prefix and op suffix."""
+  text = re.sub(r"\{\{[^}]*\}\}\s*", "", shards_lib.first_line(error.message))
+  return re.sub(r"\s*\[Op:.*$", "", text).strip()
+
+
 def _guard_reads(iterator: Iterator[Any], data_dir: str, split: str,
                  files: Sequence[str]) -> Iterator[Any]:
   """`iterator`, with a tf.data read error (DataLossError from a truncated or overwritten
@@ -286,7 +306,7 @@ def _guard_reads(iterator: Iterator[Any], data_dir: str, split: str,
     yield from iterator
   except (tf.errors.DataLossError, tf.errors.NotFoundError) as e:
     damaged = locate_damage(data_dir, files)
-    cause = shards_lib.first_line(e.message)
+    cause = _tf_cause(e)
     if not damaged:
       damaged = [(", ".join(files), f"one of these ({cause})")]
     raise ShardReadError(_damage_message(data_dir, split, damaged,

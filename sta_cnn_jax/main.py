@@ -21,9 +21,12 @@ from sta_cnn_jax import train
 from sta_cnn_jax import workdir_lock
 
 MODES = ('train', 'eval', 'pretrain_san', 'export')
-# Errors that stop a run with their one-line message (exit status 1) instead of a traceback.
-INTEGRITY_ERRORS = (checkpoints.CheckpointCorruptError, input_pipeline.ShardIntegrityError,
-                    workdir_lock.WorkdirLockedError)
+# Errors that stop a run with their one-line message (exit status 1) instead of a traceback:
+# damaged or missing data / checkpoints (FileNotFoundError: manifest, shards, no checkpoint), a
+# checkpoint that could not be written, and a busy workdir.
+INTEGRITY_ERRORS = (checkpoints.CheckpointCorruptError, checkpoints.CheckpointWriteError,
+                    input_pipeline.ShardIntegrityError, workdir_lock.WorkdirLockedError,
+                    FileNotFoundError)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, summaries and results.')

@@ -4,6 +4,7 @@ uninterrupted run), a run with no restorable checkpoint stops with one message a
 nothing, a failed restore prints no 'Event loop is closed' storm, and a second trainer in a busy
 workdir is refused. (Prepare-side repair and --verify: tests/test_shards.py.)"""
 
+import errno
 import json
 import os
 import pathlib
@@ -24,6 +25,8 @@ from tests.train_utils import (REPO_ROOT, TEST_CROP, cache_env, jax_cache_dir,  
 from tests.test_checkpoints import _perturbed, _standin_state
 
 TRAIN_SHARD = 'train-rgb+flow-00001-of-00004.tfrecord'
+# Tries of a corrupt checkpoint's restore to see Orbax's event-loop storm at least once.
+STORM_TRIES = 3
 
 
 @pytest.fixture
@@ -87,12 +90,13 @@ def test_verify_shards_same_size_damage_needs_checksums(shards_copy):
 
 
 def test_verify_shards_missing_unlisted_and_edited_manifest(shards_copy):
+  original = (shards_copy / TRAIN_SHARD).read_bytes()
   (shards_copy / TRAIN_SHARD).unlink()
   with pytest.raises(input_pipeline.ShardIntegrityError,
                      match=re.escape(TRAIN_SHARD) + r' \(missing\).*repair: python -m '
                            r'data_prep.prepare'):
     input_pipeline.verify_shards(str(shards_copy), 'train')
-  shutil.copy(shards_copy / 'train-rgb+flow-00000-of-00004.tfrecord', shards_copy / TRAIN_SHARD)
+  (shards_copy / TRAIN_SHARD).write_bytes(original)
   shutil.copy(shards_copy / TRAIN_SHARD, shards_copy / 'train-extra.tfrecord')
   with pytest.raises(input_pipeline.ShardIntegrityError,
                      match=r'train-extra.tfrecord \(not listed in manifest.json\)'):
@@ -105,6 +109,17 @@ def test_verify_shards_missing_unlisted_and_edited_manifest(shards_copy):
                      match=r"manifest.json \(its per-shard record counts of 'train' add up to 8, "
                            r"not num_videos=9"):
     input_pipeline.verify_shards(str(shards_copy), 'train')
+  # A size edited in the manifest: the shard still matches data_prep's summary, so the
+  # manifest is named, not the shard.
+  manifest['num_videos']['train'] -= 1
+  manifest['shard_bytes'][TRAIN_SHARD] += 10
+  (shards_copy / 'manifest.json').write_text(json.dumps(manifest))
+  with pytest.raises(input_pipeline.ShardIntegrityError) as err:
+    input_pipeline.verify_shards(str(shards_copy), 'train')
+  ((path, reason),) = err.value.damaged
+  assert path == str(shards_copy / 'manifest.json')
+  assert reason.startswith(f'its record of {TRAIN_SHARD} differs from the shard, which still '
+                           'matches its .progress/ summary (truncated: ')
 
 
 def test_read_error_during_a_run_names_the_shard(shards_copy, monkeypatch):
@@ -316,15 +331,49 @@ def test_failed_restore_prints_no_event_loop_storm(tmp_path, monkeypatch):
 
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   target = checkpoints._item(abstract, jax.random.PRNGKey(0), 0)  # pylint: disable=protected-access
-  with pytest.raises(Exception):  # Orbax on its own: the storm this guards against
-    manager.restore(3, args=ocp.args.StandardRestore(target))
-  settle()
+  # Orbax on its own: the storm this guards against (it needs reads still in flight when the
+  # failing one fails, so it can take a few tries).
+  for _ in range(STORM_TRIES):
+    with pytest.raises(Exception):
+      manager.restore(3, args=ocp.args.StandardRestore(target))
+    settle()
+    if any('Event loop is closed' in s for s in seen):
+      break
   assert any('Event loop is closed' in s for s in seen), seen
   seen.clear()
-  with pytest.raises(checkpoints.CheckpointCorruptError):
-    train.restore_or_create_state(config, model, manager)
+  for _ in range(2):
+    with pytest.raises(checkpoints.CheckpointCorruptError):
+      checkpoints.restore_latest(manager, abstract, jax.random.PRNGKey(0))
   settle()
   assert not [s for s in seen if 'Event loop is closed' in s]
+
+
+def test_failed_checkpoint_write_is_one_error_naming_the_last_complete_one(tmp_path,
+                                                                           monkeypatch):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  config = tiny_config(**{'checkpoint.keep': 3})
+  directory = tmp_path / 'ckpt'
+  manager = checkpoints.create_manager(str(directory), config)
+  state = _standin_state()
+  checkpoints.save(manager, 1, state, jax.random.PRNGKey(0))
+  manager.wait_until_finished()
+  # Step 2's (temporary) folder is removed while it is being written, and the write fails.
+  async_save = ocp.StandardCheckpointHandler.async_save
+
+  async def removed_while_saving(self, item_dir, *args, **kwargs):
+    for future in await async_save(self, item_dir, *args, **kwargs) or []:
+      future.result()
+    shutil.rmtree(pathlib.Path(item_dir).parent)
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(item_dir))
+
+  monkeypatch.setattr(ocp.StandardCheckpointHandler, 'async_save', removed_while_saving)
+  with pytest.raises(checkpoints.CheckpointWriteError) as err:
+    checkpoints.save(manager, 2, state, jax.random.PRNGKey(0))
+    manager.wait_until_finished()
+  message = str(err.value)
+  assert message.startswith(f'writing checkpoint step 2 in {directory} failed (') and (
+      'the last complete checkpoint, step 1, is kept' in message) and '\n' not in message
+  assert manager.latest_step() == 1
 
 
 def test_corrupt_export_is_one_message_for_predict(tmp_path):

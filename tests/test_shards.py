@@ -315,11 +315,9 @@ def test_manifest_records_size_records_and_sha256(reference_out):
 
 def test_verify_names_damage_writes_nothing_and_its_command_repairs(tmp_path, tiny_synthetic,
                                                                     reference_out,
-                                                                    reference_run):
+                                                                    reference_run, capsys):
   out = _copy_output(reference_out, tmp_path / "out")
-  verify = [sys.executable, "-m", "data_prep.prepare", f"--out={out}", "--verify"]
-  clean = subprocess.run(verify, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-  assert clean.returncode == 0 and clean.stdout.startswith(f"OK: {out}: 4 shards"), clean.stdout
+  assert prep.verify(str(out)) == []
   _damage(out)
   before = _tree(out)
   damages = prep.verify(str(out))
@@ -332,6 +330,7 @@ def test_verify_names_damage_writes_nothing_and_its_command_repairs(tmp_path, ti
   assert "num_videos['train'] is 7, its shards hold 6" in found["manifest.json"]
   assert len(damages) == 5
 
+  verify = [sys.executable, "-m", "data_prep.prepare", f"--out={out}", "--verify"]
   proc = subprocess.run(verify, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 1, proc.stdout + proc.stderr[-2000:]
   lines = proc.stdout.splitlines()
@@ -345,6 +344,7 @@ def test_verify_names_damage_writes_nothing_and_its_command_repairs(tmp_path, ti
   assert repair.returncode == 0, repair.stderr[-3000:]
   assert _snapshot(out) == reference_run[1]
   assert prep.verify(str(out)) == []
+  assert capsys.readouterr().out.startswith(f"OK: {out}: 4 shards and manifest.json verified")
 
 
 def test_rerun_with_other_options_is_refused(tmp_path, tiny_synthetic):
