@@ -203,15 +203,24 @@ def _shard_damages(files: Sequence[str], manifest: Dict[str, Any], checksums: bo
   return damaged
 
 
-def _blame_manifest(data_dir: str, path: str, reason: str) -> tuple[str, str]:
-  """(path, reason), or the manifest's entry when the shard still matches the summary data_prep
-  wrote with it (.progress/<shard>.json): then manifest.json was edited, not the shard."""
-  summary = shards_lib.read_summary(data_dir, os.path.basename(path))
-  if (summary and summary.get("bytes") is not None and tf.io.gfile.exists(path)
+def _blame_manifest(data_dir: str, manifest: Dict[str, Any], path: str,
+                    reason: str) -> tuple[str, str]:
+  """(path, reason), or manifest.json's entry when the manifest's record of the shard differs
+  from the summary data_prep wrote with it (.progress/<shard>.json) while the shard still has
+  the summary's size: then the manifest was edited, not the shard."""
+  name = os.path.basename(path)
+  summary = shards_lib.read_summary(data_dir, name)
+  if not summary or summary.get("bytes") is None:
+    return path, reason
+  recorded = shards_lib.manifest_shard_records(manifest, name)
+  edited = any(key in recorded and recorded[key] != summary.get(key)
+               for key in ("bytes", "sha256"))
+  if (edited and tf.io.gfile.exists(path)
       and tf.io.gfile.stat(path).length == summary["bytes"]):
     return (os.path.join(data_dir, MANIFEST_NAME),
-            f"its record of {os.path.basename(path)} differs from the shard, which still "
-            f"matches its {shards_lib.PROGRESS_DIR}/ summary ({reason}): edited?")
+            f"its record of {name} differs from the summary data_prep wrote with the shard "
+            f"({shards_lib.PROGRESS_DIR}/{name}.json), which the shard still matches "
+            f"({reason}): edited?")
   return path, reason
 
 
@@ -256,7 +265,7 @@ def verify_shards(data_dir: str, split: str, checksums: bool = False, process_in
                 if os.path.basename(f) not in set(listed)]
   mine = host_shards(files, process_index, process_count)
   already = {path for path, _ in damaged}
-  damaged += [_blame_manifest(data_dir, path, reason) for path, reason in
+  damaged += [_blame_manifest(data_dir, manifest, path, reason) for path, reason in
               _shard_damages([f for f in mine if f not in already], manifest, checksums)]
   counts = manifest.get(shards_lib.SHARD_RECORDS_KEY) or {}
   total = (manifest.get("num_videos") or {}).get(split)

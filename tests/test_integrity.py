@@ -85,8 +85,9 @@ def test_verify_shards_same_size_damage_needs_checksums(shards_copy):
   data[len(data) // 2] ^= 0xFF  # inside a record: size and framing unchanged
   path.write_bytes(bytes(data))
   input_pipeline.verify_shards(str(shards_copy), 'train')  # the cheap check cannot see it
-  with pytest.raises(input_pipeline.ShardIntegrityError, match=r'SHA-256 mismatch'):
+  with pytest.raises(input_pipeline.ShardIntegrityError, match=r'SHA-256 mismatch') as err:
     input_pipeline.verify_shards(str(shards_copy), 'train', checksums=True)
+  assert err.value.damaged == [(str(path), 'content differs (SHA-256 mismatch)')]
 
 
 def test_verify_shards_missing_unlisted_and_edited_manifest(shards_copy):
@@ -118,8 +119,9 @@ def test_verify_shards_missing_unlisted_and_edited_manifest(shards_copy):
     input_pipeline.verify_shards(str(shards_copy), 'train')
   ((path, reason),) = err.value.damaged
   assert path == str(shards_copy / 'manifest.json')
-  assert reason.startswith(f'its record of {TRAIN_SHARD} differs from the shard, which still '
-                           'matches its .progress/ summary (truncated: ')
+  assert reason.startswith(f'its record of {TRAIN_SHARD} differs from the summary data_prep '
+                           f'wrote with the shard (.progress/{TRAIN_SHARD}.json), which the shard '
+                           'still matches (truncated: ')
 
 
 def test_read_error_during_a_run_names_the_shard(shards_copy, monkeypatch):
