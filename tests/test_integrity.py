@@ -26,7 +26,7 @@ from tests.test_checkpoints import _perturbed, _standin_state
 
 TRAIN_SHARD = 'train-rgb+flow-00001-of-00004.tfrecord'
 # Tries of a corrupt checkpoint's restore to see Orbax's event-loop storm at least once.
-STORM_TRIES = 3
+STORM_TRIES = 5
 
 
 @pytest.fixture
@@ -326,8 +326,8 @@ def test_failed_restore_prints_no_event_loop_storm(tmp_path, monkeypatch):
   seen = []
   monkeypatch.setattr(sys, 'unraisablehook', lambda u: seen.append(repr(u.exc_value)))
 
-  def settle():
-    time.sleep(1.0)
+  def settle(seconds=1.0):
+    time.sleep(seconds)
     import gc  # pylint: disable=g-import-not-at-top
     gc.collect()
 
@@ -342,6 +342,7 @@ def test_failed_restore_prints_no_event_loop_storm(tmp_path, monkeypatch):
     if any('Event loop is closed' in s for s in seen):
       break
   assert any('Event loop is closed' in s for s in seen), seen
+  settle(3.0)  # stragglers of Orbax's own failed restores land before the count restarts
   seen.clear()
   for _ in range(2):
     with pytest.raises(checkpoints.CheckpointCorruptError):
