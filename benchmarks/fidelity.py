@@ -116,15 +116,7 @@ def prepare_data(args: argparse.Namespace) -> dict:
 def run_config(row: str, modality: str, seed: int, shards: str, steps: int = 0,
                san_weights: str = ''):
   """The miniature config of a row / stream / seed on `shards`."""
-  config = miniature.get_config(f'{modality},{row}')
-  config.data_dir = shards
-  config.seed = seed
-  if steps:
-    config.num_train_steps = steps
-    config.san_pretrain.num_steps = steps
-  if config.model.spatial_attention and modality == 'rgb':
-    config.init.san_weights = san_weights
-  return config
+  return miniature.run_config(modality, row, shards, seed, steps, san_weights)
 
 
 # ---------------------------------------------------------------------------------------------

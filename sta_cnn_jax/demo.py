@@ -80,15 +80,7 @@ def make_dataset(workdir: str, seed: int) -> tuple[str, str]:
 
 def row_config(row: str, modality: str, shards: str, seed: int = 0, san_weights: str = "",
                steps: int = 0):
-  config = demo_config.get_demo_config(f"{modality},{row}")
-  config.data_dir = shards
-  config.seed = seed
-  if steps:
-    config.num_train_steps = steps
-    config.san_pretrain.num_steps = steps
-  if config.model.spatial_attention and modality == "rgb":
-    config.init.san_weights = san_weights
-  return config
+  return demo_config.run_config(modality, row, shards, seed, steps, san_weights, demo=True)
 
 
 def _ratio(value, chance) -> str:

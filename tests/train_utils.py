@@ -48,6 +48,17 @@ def tiny_config(data_dir: str = '', row: str = TEST_ROW, **overrides):
   config.input.prefetch_to_device = 1
   config.eval.at_end = False
   config.checkpoint.async_save = True
+  # The paper's network and optimiser (full-width BN-Inception, printed SAL, SGD, step schedule,
+  # no PreciseBN): these tests check the paper's code path; tests/test_learning.py checks the
+  # miniature recipe's switches.
+  config.model.width_multiplier = 1.0
+  config.model.fc_init_std = 0.001
+  config.model.sal_weights = 'per_location'
+  config.model.sal_normalisation = 'none'
+  config.optimizer = 'sgd'
+  config.lr_schedule = 'step'
+  config.warmup_steps = 0
+  config.precise_bn.num_batches = 0
   for key, value in overrides.items():
     node = config
     *parents, leaf = key.split('.')
