@@ -36,7 +36,8 @@ def _setup(partial_bn):
   state = _State.create(apply_fn=model.apply, params=variables['params'], tx=optax.sgd(0.1),
                         batch_stats=stats)
   rng = np.random.default_rng(0)
-  batches = [rng.integers(0, 256, (1, 2, 2, CROP, CROP, 10), dtype=np.uint8)
+  devices = jax.local_device_count()   # also under 8 fake CPU devices (CI's second pass)
+  batches = [rng.integers(0, 256, (devices, 2, 2, CROP, CROP, 10), dtype=np.uint8)
              for _ in range(NUM_BATCHES)]                                  # (D, B, S, H, W, C)
   return config, model, state, batches
 
