@@ -107,7 +107,7 @@ def get_base_config(modality: str = 'rgb') -> ml_collections.ConfigDict:
   config.model.dropout_rate = recipe['dropout_rate']
   config.model.partial_bn = True     # TSN: only the first BN trains (batch statistics)
   config.model.san_widths = ml_collections.FieldReference(None, field_type=tuple)  # None = FlowNetS
-  config.model.wsp_normalisation = 'softmax'   # Eq. 9: 'softmax' (docs/design.md) or 'paper' (1/K²)
+  config.model.wsp_normalisation = 'softmax'   # Eq. 9: 'softmax' (uniform map == GAP) or 'paper' (1/K²)
   config.model.sal_weights = 'per_location'    # Eq. 7: 'per_location' (printed) or 'shared'
   config.model.sal_normalisation = 'none'      # Eq. 7 input: 'none' (printed) or 'layer_norm'
   config.model.width_multiplier = 1.0          # BN-Inception conv widths x this (1.0 = paper)

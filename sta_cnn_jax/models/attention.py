@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 Array = Any
 
-# Eq. 9 variants: 'softmax' = sum_i a_i f_i (uniform map == GAP; docs/design.md),
+# Eq. 9 variants: 'softmax' = sum_i a_i f_i (uniform map == GAP),
 # 'paper' = (1/K^2) sum_i a_i f_i as printed.
 WSP_NORMALISATIONS = ('softmax', 'paper')
 # Eq. 7 weights: 'per_location' = one w_i per location as printed; 'shared' = one w for every
@@ -56,7 +56,7 @@ def weighted_spatial_pooling(features: Array, attention: Array,
 class SpatialAttentionLayer(nn.Module):
   """SAL, Eq. 7-8: one weight vector per location, softmax over the K^2 locations.
 
-  a_i = <w_i, x_i> + b_i (Eq. 7; the per-location bias b_i is allowed by DESIGN §1),
+  a_i = <w_i, x_i> + b_i (Eq. 7; a per-location bias b_i, which the paper neither prints nor excludes),
   A = softmax_i(a) (Eq. 8). Parameters: 'w' (K^2, M) and 'bias' (K^2,); K is inferred from
   the features at init, and applying the layer to another grid raises ValueError.
 
