@@ -41,7 +41,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -106,17 +106,6 @@ def prepare_data(args: argparse.Namespace) -> dict:
         workers=os.cpu_count() or 1))
   classes = input_pipeline.dataset_info(shards)['classes']
   return {'shards': shards, 'boxes': boxes, 'classes': classes}
-
-
-# ---------------------------------------------------------------------------------------------
-# One run.
-# ---------------------------------------------------------------------------------------------
-
-
-def run_config(row: str, modality: str, seed: int, shards: str, steps: int = 0,
-               san_weights: str = ''):
-  """The miniature config of a row / stream / seed on `shards`."""
-  return miniature.run_config(modality, row, shards, seed, steps, san_weights)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,19 +276,21 @@ def main(argv: Sequence[str]) -> dict:
            if data['boxes'] else None)
   steps = {m: args.steps or (int(miniature.SCHEDULE[m][1] * QUICK_STEP_FRACTION)
                              if args.quick else 0) for m in STREAMS}
-  san_rows = [r for r in rows if run_config(r, 'rgb', 0, data['shards']).model.spatial_attention]
+  san_rows = [r for r in rows
+              if miniature.run_config('rgb', r, data['shards']).model.spatial_attention]
   entries, epe = [], []
   for seed in seeds:
     san_weights = ''
     if san_rows:
       san_weights, report = experiment.pretrain_san_with_epe(
-          run_config(san_rows[0], 'rgb', seed, data['shards'], steps['rgb']),
+          miniature.run_config('rgb', san_rows[0], data['shards'], seed, steps['rgb']),
           os.path.join(args.out, 'san', f'seed{seed}'))
       epe.append(report)
     for row in rows:
       streams = []
       for modality in STREAMS:
-        config = run_config(row, modality, seed, data['shards'], steps[modality], san_weights)
+        config = miniature.run_config(modality, row, data['shards'], seed, steps[modality],
+                                        san_weights)
         figures = os.path.join(args.out, 'figures', f'{modality}_{row}') if seed == 0 else None
         entry, scores = experiment.train_and_score(
             config, os.path.join(args.out, 'runs', f'{modality}_{row}_seed{seed}'),

@@ -34,8 +34,8 @@ Everything is a function of --seed (each video has its own generator seeded by
 
 boxes.json: {"frame_size": [H, W], "classes": [...], "videos": {video_id: {"label", "class",
 "split", "evidence_frames": [start, stop), "boxes": [[x0, y0, x1, y1] | null per frame]}}} in
-source-frame pixels (x1, y1 exclusive). `load_boxes(path, frame_size)` rescales them to the
-prepared frame size.
+source-frame pixels (x1, y1 exclusive). `sta_cnn_jax.mechanism.load_ground_truth(path,
+frame_size)` reads them, rescaled to the prepared frame size.
 """
 
 from __future__ import annotations
@@ -394,18 +394,6 @@ def generate(out_dir: str | pathlib.Path, num_classes: int = DEFAULT_NUM_CLASSES
   with open(out_dir / BOXES_FILE, "w", encoding="utf-8") as f:
     json.dump(boxes, f, indent=None, separators=(",", ":"))
   return boxes
-
-
-def load_boxes(path: str | pathlib.Path,
-               frame_size: tuple[int, int] | None = None) -> dict[str, list]:
-  """{video_id: per-frame boxes}; with frame_size (H, W), rescaled to that (prepared) frame size."""
-  with open(path, encoding="utf-8") as f:
-    data = json.load(f)
-  src_h, src_w = data["frame_size"]
-  sy, sx = (1.0, 1.0) if frame_size is None else (frame_size[0] / src_h, frame_size[1] / src_w)
-  def scale(box):
-    return None if box is None else [box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy]
-  return {vid: [scale(b) for b in v["boxes"]] for vid, v in data["videos"].items()}
 
 
 def main(argv: Sequence[str]) -> None:

@@ -35,10 +35,6 @@ from sta_cnn_jax.models import is_frozen_bn_param
 from sta_cnn_jax.models.bn_inception import BN_MOMENTUM
 
 
-def _path_names(path) -> tuple[str, ...]:
-  return tuple(str(getattr(k, 'key', getattr(k, 'name', k))) for k in path)
-
-
 def batch_statistics(apply_fn: Callable, params: Any, batch_stats: Any, frames: jnp.ndarray,
                      config: ml_collections.ConfigDict, dtype: Any = jnp.float32) -> Any:
   """Per-device: the BN batch means / variances of one batch (B, S, H, W, C_in) uint8,
@@ -59,7 +55,7 @@ def batch_statistics(apply_fn: Callable, params: Any, batch_stats: Any, frames: 
 def recomputed(batch_stats: Any, mean_stats: Any, partial_bn: bool) -> Any:
   """batch_stats with every BN that trains on batch statistics replaced by `mean_stats`."""
   def pick(path, old, new):
-    keep = partial_bn and is_frozen_bn_param(_path_names(path))
+    keep = partial_bn and is_frozen_bn_param(path)
     return old if keep else np.asarray(new, np.asarray(old).dtype)
   return jax.tree_util.tree_map_with_path(pick, batch_stats, mean_stats)
 

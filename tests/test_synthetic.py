@@ -13,6 +13,7 @@ import pytest
 from data_prep import sources
 from data_prep import synthetic
 from data_prep import video
+from sta_cnn_jax import mechanism
 
 NUM_CLASSES, PER_CLASS, TEST_PER_CLASS, FRAMES, SIZE = 4, 3, 1, 20, (96, 72)
 # The centre of a present object's box has the mean colour of its two stripe colours (MJPG's
@@ -111,15 +112,18 @@ def test_deterministic_by_seed(tmp_path):
     assert (tmp_path / "a" / rel).read_bytes() != (tmp_path / "c" / rel).read_bytes()
 
 
-def test_load_boxes_rescales_to_prepared_frames(dataset):
+def test_boxes_file_reads_back_rescaled_to_prepared_frames(dataset):
+  """The boxes.json the generator writes is what sta_cnn_jax.mechanism reads (its one reader)."""
   root, info = dataset
   video_id, entry = next(iter(info["videos"].items()))
   t = entry["evidence_frames"][0]
-  scaled = synthetic.load_boxes(root / "boxes.json", frame_size=(256, 340))[video_id][t]
+  truth = mechanism.load_ground_truth(str(root / "boxes.json"), frame_size=(256, 340))
+  scaled = truth[video_id]["boxes"][t]
   x0, y0, x1, y1 = entry["boxes"][t]
   np.testing.assert_allclose(scaled, [x0 * 340 / SIZE[0], y0 * 256 / SIZE[1],
                                       x1 * 340 / SIZE[0], y1 * 256 / SIZE[1]])
-  assert synthetic.load_boxes(root / "boxes.json")[video_id] == entry["boxes"]
+  assert truth[video_id]["window"] == tuple(entry["evidence_frames"])
+  assert mechanism.load_ground_truth(str(root / "boxes.json"))[video_id]["boxes"] == entry["boxes"]
 
 
 def test_invalid_arguments(tmp_path):
