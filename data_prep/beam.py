@@ -2,12 +2,13 @@
 
     (shard index, item) → process_video → GroupByKey(shard index) → write_shard
 
-Each element is one video (`prepare.process_video`, unchanged); videos are grouped back into the
-shards planned by `shards.plan_shards` and each group is written with `shards.write_shard`
-(sorted by video_id inside the shard). Grouping is therefore the SAME as the local runner's, and
-the shards and manifest are byte-identical to a local run (tested with the DirectRunner). The
-driver (`prepare.prepare`) writes the manifest from the shard summaries after the pipeline ends,
-and skips shards already complete, so Beam runs resume too.
+Each element is one video (`process.process_video`, the function the local runner calls); videos
+are grouped back into the shards planned by `shards.plan_shards` and each group is written with
+`shards.write_shard` (sorted by video_id inside the shard). Grouping is therefore the SAME as the
+local runner's, and the shards and manifest are byte-identical to a local run (tested with the
+DirectRunner). The driver (`prepare.prepare`, which imports this module; this module does not
+import it) writes the manifest from the shard summaries after the pipeline ends, and skips shards
+already complete, so Beam runs resume too.
 
 Pipeline options come from `--beam_args` (default: DirectRunner, in-memory). Video files must be
 readable by the workers under the same paths and `--out` writable by them (tf.io.gfile paths,
@@ -19,14 +20,14 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from data_prep import process
 from data_prep import shards
 from data_prep import sources
 
 
 def _process(element, options):
-  from data_prep import prepare  # pylint: disable=g-import-not-at-top
   shard_index, item = element
-  return shard_index, prepare.process_video(item, options)
+  return shard_index, process.process_video(item, options)
 
 
 def _write(element, out_dir, specs):

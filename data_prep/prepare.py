@@ -5,7 +5,7 @@ r"""Offline preparation of a video dataset into TFRecord shards (RGB, flow, warp
 
 Python API (used by the demo): `prepare(PrepareOptions(...)) -> manifest dict`.
 
-Each video is one pure function call, `process_video(item, options)`, that returns a
+Each video is one pure function call, `process.process_video(item, options)`, that returns a
 `VideoResult` (the serialised tf.train.Example + facts for the manifest) or a `SkipRecord`
 (path + reason). Videos are processed in parallel by a multiprocessing pool of `--workers`
 processes (each with one OpenCV thread) and collected per shard; a shard is written atomically as
@@ -44,15 +44,16 @@ from absl import flags
 from absl import logging
 
 from data_prep import flow as flow_lib
+from data_prep import process
 from data_prep import shards
 from data_prep import sources
 from data_prep import video as video_lib
+from data_prep.process import FLOW_MODALITIES
 from data_prep.shards import SkipRecord, VideoResult
 from data_prep.sources import VideoItem
 
 DATASETS = ("ucf101", "hmdb51", "list", "tfds", "synthetic")
 MODALITIES = ("rgb", "flow", "warpflow")
-FLOW_MODALITIES = ("flow", "warpflow")
 RUNNERS = ("local", "beam")
 # Videos per shard: ~25 UCF101 videos at 340×256 with RGB + flow JPEGs ≈ 150–200 MB, the shard
 # size tf.data recommends (100–200 MB).
@@ -64,8 +65,6 @@ ESTIMATE_PAIRS = {"tvl1": 2, "dis": 10, "farneback": 5, "tvl1_jax": 2}
 # Tasks in flight per worker (bounds memory when frames are streamed from TFDS).
 TASKS_IN_FLIGHT_PER_WORKER = 4
 SECONDS_PER_HOUR = 3600.0
-# Flow pairs computed and encoded at a time (a multiple of every tvl1_jax batch), bounding memory.
-FLOW_CHUNK = 4 * max(flow_lib.TVL1_JAX_BATCH.values())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,76 +122,13 @@ class PrepareOptions:
 
 
 # ----------------------------------------------------------------------------------------------
-# The per-video function
-
-
-def _decode(item: VideoItem, options: PrepareOptions,
-            encoded_frames: Sequence[bytes] | None) -> video_lib.DecodedVideo:
-  if encoded_frames is not None:
-    return video_lib.decode_encoded_frames(item.path, encoded_frames, options.frame_width,
-                                           options.frame_height)
-  return video_lib.decode_video(item.path, options.frame_width, options.frame_height)
-
-
-def process_video(item: VideoItem, options: PrepareOptions,
-                  encoded_frames: Sequence[bytes] | None = None) -> VideoResult | SkipRecord:
-  """One video → its tf.train.Example (contract features) or the reason it was skipped.
-
-  Pure: the result depends only on the arguments (and the video file), so shards are
-  reproducible. `encoded_frames` supplies the frames of a TFDS item instead of a file.
-  """
-  try:
-    decoded = _decode(item, options, encoded_frames)
-  except video_lib.VideoError as e:
-    return SkipRecord(item.video_id, item.path, e.reason)
-  frames = decoded.frames  # (n, H, W, 3) uint8 RGB
-  n, height, width = frames.shape[:3]
-  wants_flow = [m for m in options.modalities if m in FLOW_MODALITIES]
-  features = {"video_id": item.video_id.encode(), "label": int(item.label),
-              "height": height, "width": width, "num_frames": n,
-              "num_flow": n - 1 if wants_flow else 0}
-  warnings = list(decoded.warnings)
-  if "rgb" in options.modalities:
-    features["rgb"] = [flow_lib.encode_image(f, "jpeg", options.jpeg_quality) for f in frames]
-  try:
-    gray = flow_lib.to_gray(frames) if wants_flow else None  # (n, H, W)
-    for modality in wants_flow:
-      planes_x, planes_y, fallbacks = _encoded_flow(gray, modality, options)
-      features[f"{modality}_x"], features[f"{modality}_y"] = planes_x, planes_y
-      if fallbacks:
-        warnings.append(f"warped flow: no homography for {fallbacks} of {n - 1} frame pairs "
-                        "(identity used)")
-  except cv2.error as e:
-    return SkipRecord(item.video_id, item.path, f"OpenCV error while computing flow: {e}")
-  return VideoResult(item.video_id, item.path, shards.encode_example(features), n,
-                     tuple(warnings))
-
-
-def _encoded_flow(gray: np.ndarray, modality: str,
-                  options: PrepareOptions) -> tuple[list[bytes], list[bytes], int]:
-  """Flow or warped flow of (n, H, W) grey frames → n−1 x and y planes (encoded), fallbacks.
-
-  Computed FLOW_CHUNK pairs at a time so that a long video never holds all its float flow.
-  """
-  planes_x, planes_y, fallbacks = [], [], 0
-  for start in range(0, len(gray) - 1, FLOW_CHUNK):
-    chunk = gray[start:start + FLOW_CHUNK + 1]  # FLOW_CHUNK pairs share their boundary frame
-    if modality == "flow":
-      field = flow_lib.compute_flow(chunk, options.flow)  # (pairs, H, W, 2)
-    else:
-      field, chunk_fallbacks = flow_lib.compute_warped_flow(chunk, options.flow)
-      fallbacks += chunk_fallbacks
-    xs, ys = flow_lib.encode_flow_planes(field, options.flow_bound, options.flow_format,
-                                         options.jpeg_quality)
-    planes_x += xs
-    planes_y += ys
-  return planes_x, planes_y, fallbacks
+# Local runner's task (the per-video function itself is process.process_video)
 
 
 def _process_task(task: tuple[VideoItem, Sequence[bytes] | None],
                   options: PrepareOptions) -> VideoResult | SkipRecord:
   item, encoded_frames = task
-  return process_video(item, options, encoded_frames)
+  return process.process_video(item, options, encoded_frames)
 
 
 def _init_worker() -> None:

@@ -20,6 +20,7 @@ import pytest
 
 from data_prep import flow as flow_lib
 from data_prep import prepare as prep
+from data_prep import process
 from data_prep import shards
 from data_prep import synthetic
 from data_prep import video
@@ -113,7 +114,7 @@ def test_real_clip_round_trip_within_jpeg_tolerance(ucf_prepared, testdata_dir):
   assert np.abs(decoded.astype(int) - frames).mean() < RGB_JPEG_MEAN_TOLERANCE
   # Flow planes: compare with flow recomputed from the same frames, quantised; the second
   # window straddles the boundary of the chunks process_video computes flow in.
-  for start in (0, prep.FLOW_CHUNK - 2):
+  for start in (0, process.FLOW_CHUNK - 2):
     gray = flow_lib.to_gray(frames[start:start + 5])
     expected = flow_lib.quantize_flow(flow_lib.compute_flow(gray, "dis"))  # (4, H, W, 2)
     got = np.stack([np.stack([flow_lib.decode_image(x, True), flow_lib.decode_image(y, True)],
