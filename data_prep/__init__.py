@@ -1,1 +1,5 @@
 """Offline preparation of videos into TFRecord shards (RGB frames, optical flow, warped flow)."""
+
+from sta_cnn_jax import startup_log as _startup_log
+
+_startup_log.quiet_tensorflow()  # before any module imports TensorFlow (see startup_log.py)

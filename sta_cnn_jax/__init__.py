@@ -1,7 +1,11 @@
 """STA-CNN in JAX/Flax.
 
 Yang et al., "STA-CNN: Convolutional Spatial-Temporal Attention Learning for Action
-Recognition", IEEE TIP 2020. See shared/DESIGN.md for the equation-to-module map.
+Recognition", IEEE TIP 2020. See docs/design.md for the equation-to-module map.
 """
+
+from sta_cnn_jax import startup_log as _startup_log
+
+_startup_log.quiet_tensorflow()  # before any module imports TensorFlow (see startup_log.py)
 
 __version__ = "0.1.0"
