@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 # A reply line on a worker's stdout starts with this (libraries may print other lines).
 REPLY_PREFIX = '@@bench-reply '
-# fp32 matmul used as the machine's reference rate (shared/peer/matmul_peak.py: 2048²).
+# fp32 matmul (2048²) used as the machine's reference rate.
 MATMUL_SIZE = 2048
 MATMUL_REPEATS = 5
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

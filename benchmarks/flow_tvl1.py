@@ -29,7 +29,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 from sta_cnn_jax.flow import tvl1  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-# TSN / contract frame size (W, H) = 340 x 256.
+# TSN frame size (W, H) = 340 x 256 (docs/design.md "Shard format").
 FRAME_SIZE_WH = (340, 256)
 DEFAULT_TESTDATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "testdata"
 VIDEO_SUFFIXES = (".avi", ".mp4")

@@ -2,8 +2,8 @@ r"""The PyTorch peer: what a TSN / STA-CNN user would otherwise run (PyTorch eag
 
 Optional: needs `torch` (CPU build) and numpy, NOT a project dependency -- run it with its own
 virtualenv (python3 -m venv /work/venv-peer && /work/venv-peer/bin/pip install torch numpy).
-It imports no JAX and nothing of sta_cnn_jax; its BN-Inception is shared/peer's
-`bninception_torch.py` (DESIGN §1b layer table), repeated here so the repository stands alone.
+It imports no JAX and nothing of sta_cnn_jax; its BN-Inception is written out here in PyTorch
+(the layer table of docs/design.md "Architecture tables"), so the repository stands alone.
 
 Steps (one JSON line each, same fields as benchmarks/train_step.py):
   tsn        TSN: (B, S) snippets -> logits -> mean over S -> CE (segmental consensus).
@@ -74,7 +74,7 @@ class Inception(nn.Module):
 
 
 class BNInception(nn.Module):
-  """DESIGN §1b; 11,295,240 parameters with a 1000-way fc."""
+  """docs/design.md "Architecture tables"; 11,295,240 parameters with a 1000-way fc."""
 
   def __init__(self, num_classes=1000, in_ch=3, dropout=0.8):
     super().__init__()

@@ -19,9 +19,10 @@ t+1 is a homography estimated from ORB matches with RANSAC; frame t+1 is warped 
 the flow recomputed, which removes the camera's motion. With fewer than
 `MIN_HOMOGRAPHY_INLIERS` inliers the identity is used, and the fallback is counted.
 
-Quantisation (team contract; TSN): clip to ±bound, q = round(255·(v + bound)/(2·bound)) uint8;
-decode v = q·2·bound/255 − bound. One quantum is 2·bound/255 (0.157 px at bound 20); the round
-trip error of an unclipped value is at most half a quantum.
+Quantisation (docs/design.md "Shard format"; TSN): clip to ±bound,
+q = round(255·(v + bound)/(2·bound)) uint8; decode v = q·2·bound/255 − bound. One quantum is
+2·bound/255 (0.157 px at bound 20); the round trip error of an unclipped value is at most half a
+quantum.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import numpy as np
 
 FlowFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
-# TSN / contract: flow clipped to ±20 px before quantisation.
+# TSN (docs/design.md "Shard format"): flow clipped to ±20 px before quantisation.
 DEFAULT_BOUND = 20.0
 QUANT_LEVELS = 255  # uint8 codes 0..255
 DEFAULT_JPEG_QUALITY = 95  # TSN's denseflow writes JPEG flow planes; 95 is our default quality

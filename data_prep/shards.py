@@ -1,10 +1,10 @@
-"""TFRecord shards of whole videos, resumable, plus manifest.json (team contract).
+"""TFRecord shards of whole videos, resumable, plus manifest.json (docs/design.md "Shard format").
 
 One `tf.train.Example` per video (features: video_id, label, height, width, num_frames, num_flow,
-rgb, flow_x, flow_y, warpflow_x, warpflow_y — see CONTRACT.md). Examples are serialised here
-without TensorFlow (`encode_example`, byte-identical to `tf.train.Example.SerializeToString(
-deterministic=True)`, tested), so worker processes stay light (cv2 + numpy only); TensorFlow is
-imported only to write the TFRecord framing (its CRC32C).
+rgb, flow_x, flow_y, warpflow_x, warpflow_y — see docs/design.md "Shard format"). Examples are
+serialised here without TensorFlow (`encode_example`, byte-identical to
+`tf.train.Example.SerializeToString(deterministic=True)`, tested), so worker processes stay light
+(cv2 + numpy only); TensorFlow is imported only to write the TFRecord framing (its CRC32C).
 
 Work plan and resumability:
   * `plan_shards` sorts each split's videos by video_id and cuts them into shards of
@@ -332,7 +332,8 @@ def created_with() -> dict:
 
 def build_manifest(out_dir: str, specs: Sequence[ShardSpec], header: dict,
                    missing: Sequence[dict]) -> dict:
-  """Aggregates the shard summaries under `out_dir` into the manifest dict (contract keys)."""
+  """Aggregates the shard summaries under `out_dir` into the manifest dict (the keys of
+  docs/design.md "Shard format")."""
   summaries = [read_json(progress_path(out_dir, spec)) for spec in specs]
   splits = sorted({spec.split for spec in specs} | set(header.get("splits", ())), key=_split_rank)
   by_video = lambda record: (record["video_id"], record["path"])  # noqa: E731

@@ -41,7 +41,7 @@ HMDB51_SPLIT_FILE = "{name}_test_split{split}.txt"
 HMDB51_SPLIT_SUFFIX = "_test_split{split}.txt"
 HMDB51_CLASS_LIST = "class_list.txt"
 HMDB51_TRAIN, HMDB51_TEST, HMDB51_UNUSED = "1", "2", "0"
-# torchvision renames one HMDB51 test asset with this prefix (shared/testdata README).
+# torchvision renames one HMDB51 test asset with this prefix (seen in the test material).
 HMDB51_ALT_PREFIX = "hmdb51_"
 OFFICIAL_SPLITS = (1, 2, 3)
 TFDS_SCHEME = "tfds://"

@@ -3,9 +3,9 @@
 Frames are read with `cv2.VideoCapture` until `read()` fails. The container's frame count is
 never trusted: HMDB51's DivX (DX50) clips report one frame more than they hold (packed
 B-frames), and a truncated file can report its full length while decoding only a part of it
-(shared/testdata/README.md §1, §5). A header count that exceeds the decoded count by more than
-`HEADER_COUNT_TOLERANCE` frames is returned as a warning (the video is kept); files that give
-fewer than `MIN_FRAMES` frames raise `VideoError`.
+(both seen on real clips, tests/test_video_flow.py). A header count that exceeds the decoded
+count by more than `HEADER_COUNT_TOLERANCE` frames is returned as a warning (the video is kept);
+files that give fewer than `MIN_FRAMES` frames raise `VideoError`.
 
 All frames are resized to `width × height` regardless of aspect ratio (TSN resizes every video
 to 340×256), with bilinear interpolation (OpenCV's default, as TSN's `denseflow` tool).
@@ -24,7 +24,7 @@ import numpy as np
 DEFAULT_WIDTH, DEFAULT_HEIGHT = 340, 256
 # Two frames are the least a video can have: an RGB snippet is 2 frames and flow needs a pair.
 MIN_FRAMES = 2
-# DivX packed B-frames make the AVI header count one too high (testdata README §1); more than
+# DivX packed B-frames make the AVI header count one too high (HMDB51's DX50 clips); more than
 # that is reported as a possible truncation.
 HEADER_COUNT_TOLERANCE = 1
 RESIZE_INTERPOLATION = cv2.INTER_LINEAR

@@ -1,6 +1,7 @@
 """TSN group augmentation in TF ops: multi-scale fixed-offset crops, flips, 10-view oversampling.
 
-"Group" = one crop / flip shared by every frame of every snippet of a video (DESIGN.md §3).
+"Group" = one crop / flip shared by every frame of every snippet of a video (docs/design.md
+"Interpretations").
 Formulas replicate tsn-pytorch transforms.py (yjxiong/tsn-pytorch):
 
   GroupMultiScaleCrop._sample_crop_size (train):

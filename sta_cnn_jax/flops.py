@@ -1,6 +1,7 @@
 """Analytic FLOPs of the STA-CNN networks, from the layer tables in `sta_cnn_jax.models`.
 
-Convention (the one of shared/peer/bninception_torch.py, fvcore and most papers' "GFLOPs x 2"):
+Convention (the one of the published PyTorch BN-Inception's counts, fvcore and most papers'
+"GFLOPs x 2"):
 a convolution costs 2·k²·C_in·C_out·H_out·W_out, a dense layer 2·F_in·F_out per example;
 BatchNorm, ReLU, pooling, biases and softmaxes are not counted (< 1 % here). BN-Inception at
 224 x 224 with a 1000-way classifier is 4.065 GFLOP forward (2.03 G multiply-adds).
@@ -72,7 +73,8 @@ def _ceil_pool(size: int, stride: int) -> int:
 
 
 def bn_inception_layers(height: int, width: int, in_channels: int = 3) -> tuple[ConvLayer, ...]:
-  """Every conv of BN-Inception in forward order, with its input size (DESIGN §1b)."""
+  """Every conv of BN-Inception in forward order, with its input size (docs/design.md
+  "Architecture tables")."""
   bn_inception.check_input_size(height, width, where='flops.py')
   layers = []
   h, w, c = height, width, in_channels

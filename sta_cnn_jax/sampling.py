@@ -23,7 +23,8 @@ NumPy reference fed the same `uniform`.
 import tensorflow as tf
 
 # Frames a snippet spans, and the `new_length` TSN reserves when choosing offsets.
-# RGB: frame i (ACN input) and i+1 (the SAN's second frame, DESIGN.md §1); TSN new_length=1.
+# RGB: frame i (ACN input) and i+1 (the SAN's second frame, docs/design.md "Interpretations");
+# TSN new_length=1.
 RGB_FRAMES_PER_SNIPPET = 2
 RGB_NEW_LENGTH = 1
 # Flow: 5 stacked fields (TSN `new_length=5` for Flow), 2 planes (x, y) each -> 10 channels.

@@ -26,7 +26,8 @@ from sta_cnn_jax.models import san
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_CLASSES = 5
 SIZE = 64  # smallest multiple of 32 that exercises every stride
-# BN-Inception with a 1000-way fc and conv biases (DESIGN.md §1b, peer/bninception_torch.py).
+# BN-Inception with a 1000-way fc and conv biases (docs/design.md "Architecture tables"; the
+# published PyTorch model's parameter count).
 BN_INCEPTION_PARAMS_1000 = 11_295_240
 # Literal layer names from TSN's Caffe deploy prototxt (models/ucf101/tsn_bn_inception_rgb_deploy).
 CAFFE_NAMES = {

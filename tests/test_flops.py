@@ -11,7 +11,8 @@ import pytest
 from sta_cnn_jax import flops
 from sta_cnn_jax.models import STACNN, BNInception, SpatialAttentionNetwork, input_channels
 
-# shared/peer/bninception_torch.py (PyTorch hooks) and DESIGN §1b: 4.065 GFLOP at 224, 1000-way.
+# The published BN-Inception counted with PyTorch hooks (docs/design.md "Interpretations",
+# "BN-Inception"): 4.065 GFLOP at 224, 1000-way.
 PUBLISHED_BN_INCEPTION_GFLOP = 4.065
 
 

@@ -1,6 +1,7 @@
 """input_pipeline: shards -> sampled, augmented, device-shaped batches.
 
-Shards are written here (independent of data_prep) per CONTRACT.md, with synthetic frames
+Shards are written here (independent of data_prep) in the format of docs/design.md "Shard
+format", with synthetic frames
 whose pixels encode what they are, stored as lossless PNG so values survive exactly:
   RGB frame f:  R = f (constant), G = 4*y, B = 4*x   (pixel row y, column x)
   flow field f: x plane = FLOW_X_BASE + f (constant), y plane = 4*x (column gradient)

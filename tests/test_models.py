@@ -19,8 +19,8 @@ from sta_cnn_jax.models import (STACNN, BNInception, SpatialAttentionNetwork,
                                 cross_modality_init, input_channels, is_frozen_bn_param)
 
 # ---------------------------------------------------------------------------------------
-# BN-Inception layer table, written out independently of bn_inception.py (DESIGN §1b and
-# TSN's bn_inception: every conv has a bias and is followed by BN).
+# BN-Inception layer table, written out independently of bn_inception.py (docs/design.md
+# "Architecture tables" and TSN's bn_inception: every conv has a bias and is followed by BN).
 # (name, kernel, in channels, out channels)
 STEM_TABLE = [('conv1_7x7_s2', 7, 3, 64), ('conv2_3x3_reduce', 1, 64, 64),
               ('conv2_3x3', 3, 64, 192)]
@@ -32,8 +32,8 @@ BLOCK_TABLE = {
     '4d': (608, 96, 128, 192, 160, 192, 128), '4e': (608, 0, 128, 192, 192, 256, 0),
     '5a': (1056, 352, 192, 320, 160, 224, 128), '5b': (1024, 352, 192, 320, 192, 224, 128),
 }
-PUBLISHED_PARAMS_1000 = 11_295_240  # shared/peer/bninception_torch.py, PyTorch parameters()
-PUBLISHED_CONV_BIASES = 10_016      # DESIGN §1b: redundant conv biases before BN
+PUBLISHED_PARAMS_1000 = 11_295_240  # the published PyTorch BN-Inception's parameters() count
+PUBLISHED_CONV_BIASES = 10_016      # redundant conv biases before BN (docs/design.md)
 FEATURES = 1024
 
 

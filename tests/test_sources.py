@@ -7,7 +7,7 @@ import pytest
 
 from data_prep import sources
 
-# Line counts of the official split files (shared/testdata/README.md §2).
+# Line counts of the official split files (ucfTrainTestlist trainlist0N.txt / testlist0N.txt).
 UCF101_COUNTS = {1: (9537, 3783), 2: (9586, 3734), 3: (9624, 3696)}
 HMDB51_PER_SPLIT = {"1": 3570, "2": 1530, "0": 1666}  # train, test, unused; 70/30 per class x 51
 HMDB51_NUM_CLASSES = 51

@@ -471,7 +471,8 @@ def test_san_pretrain_input_pairs_frames_with_their_flow(tiny_dataset):
   manifest = json.loads((tiny_dataset / 'manifest.json').read_text())
   bound = manifest['flow']['bound']
   assert np.abs(batch['flow']).max() <= bound + 1e-4
-  # Quantisation grid of CONTRACT.md: v = q * 2 * bound / 255 - bound (up to the flip's sign).
+  # Quantisation grid (docs/design.md "Shard format"): v = q * 2 * bound / 255 - bound (up to
+  # the flip's sign).
   q = (np.abs(batch['flow']) + bound) * 255.0 / (2 * bound)
   q2 = (-np.abs(batch['flow']) + bound) * 255.0 / (2 * bound)
   on_grid = np.minimum(np.abs(q - np.round(q)), np.abs(q2 - np.round(q2)))
