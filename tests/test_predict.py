@@ -5,12 +5,17 @@ Two randomly initialised STACNN streams (RGB with spatial attention, flow) at 64
 segments and the centre view only. Every expected value is recomputed here with NumPy from the
 per-stream outputs (AVE, DCW Eq. 11, α = 1/H, the weighted fusion) or from independently
 computed flow (FLOW_METHODS + the TSN test-offset formula written out).
+
+The same runs are also pinned to the numbers the code gave before the predict / inference split
+(issue 12): tests/data/predict_pinned.json, written by `python -m tests.test_predict
+--write-pinned` (its '_provenance' entry names the commit that produced it).
 """
 # pylint: disable=redefined-outer-name  (pytest fixtures)
 
 import functools
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -46,6 +51,10 @@ SCORE_RTOL, SCORE_ATOL = 1e-5, 1e-6
 # Classifier scale of the random streams, so that segment predictions are neither one-hot (0-255
 # RGB input makes He-initialised logits huge) nor uniform: α and the DCW selection then vary.
 FC_SCALE = {"rgb": 0.02, "flow": 0.3}
+
+# Pinned outputs of the pre-refactor code (module doc); per-stream and fused scores to PIN_ATOL.
+PINNED_FILE = pathlib.Path(__file__).parent / "data" / "predict_pinned.json"
+PIN_ATOL = 1e-5
 
 AVI = "videos/ucf101/v_Archery_g01_c01.avi"
 MP4 = "videos/other/mmaction2_demo.mp4"
@@ -107,18 +116,110 @@ def _export(root, modality: str, data_dir: str, seed: int) -> str:
                                       str(root / f"export_{modality}"))
 
 
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory, jax_cache_dir):
-  del jax_cache_dir  # compiled programs are shared with the CLI subprocesses
-  root = tmp_path_factory.mktemp("predict")
+def _make_exports(root) -> dict:
   data_dir = _write_manifest(root / "data")
   return {"rgb": _export(root, "rgb", data_dir, seed=1),
           "flow": _export(root, "flow", data_dir, seed=2), "root": root}
 
 
+def _warp_export(exports) -> str:
+  return _export(exports["root"], "warpflow", str(exports["root"] / "data"), seed=4)
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory, jax_cache_dir):
+  del jax_cache_dir  # compiled programs are shared with the CLI subprocesses
+  return _make_exports(tmp_path_factory.mktemp("predict"))
+
+
 @pytest.fixture(scope="module")
 def streams(exports):
   return [predict.load_stream(exports["rgb"]), predict.load_stream(exports["flow"])]
+
+
+# ---------------------------------------------------------------------------------------------
+# The runs pinned in PINNED_FILE (same calls in the tests and in --write-pinned).
+# ---------------------------------------------------------------------------------------------
+
+REAL_CLIP_CASES = [  # (clip, flow plane format override or None = the manifest's, figures)
+    (AVI, None, False),   # Xvid, manifest codec (JPEG)
+    (MP4, "png", True),   # H.264, lossless flow planes
+    (DIVX, None, False),  # DivX, 560x240 source
+]
+WEIGHTS = [1.0, 1.5]
+
+
+def _case_name(clip, flow_format) -> str:
+  return f"{pathlib.Path(clip).stem}:{flow_format or 'manifest'}"
+
+
+def _codec(flow_format):
+  return None if flow_format is None else predict.ShardCodec(flow_format=flow_format)
+
+
+def _run_real_clip(testdata_dir, streams, clip, flow_format, figures_dir=None) -> dict:
+  return predict.predict_video(str(testdata_dir / clip), streams, WEIGHTS, "dis", top=TOP,
+                               codec=_codec(flow_format), figures_dir=figures_dir,
+                               return_inputs=True)
+
+
+def _run_three_streams(testdata_dir, streams, warp) -> dict:
+  return predict.predict_video(testdata_dir / MP4, streams + [warp], top=TOP)
+
+
+THREE_STREAMS_CASE = "mmaction2_demo:three_streams"
+
+
+def _pinned_record(result: dict) -> dict:
+  """What PINNED_FILE keeps of a predict_video result: per stream and fused scores, top-k."""
+  def top(entries):
+    return {m: [e["index"] for e in entries[m]] for m in ("dcw", "ave")}
+
+  def scores(values):
+    return {m: np.asarray(values[m], np.float64).tolist() for m in ("dcw", "ave")}
+
+  return {"streams": [{"name": s["name"], "frame_indices": np.asarray(s["frame_indices"]).tolist(),
+                       "segment_probs": np.asarray(s["segment_probs"], np.float64).tolist(),
+                       "scores": scores(s["scores"]), "top": top(s["top"])}
+                      for s in result["streams"]],
+          "scores": scores(result["scores"]), "top": top(result["top"])}
+
+
+def _assert_pinned(case: str, result: dict) -> None:
+  """`result` gives PINNED_FILE's top-k (same indices, same order) and scores (to PIN_ATOL)."""
+  pinned = json.loads(PINNED_FILE.read_text())["cases"][case]
+  got = _pinned_record(result)
+  assert [s["name"] for s in got["streams"]] == [s["name"] for s in pinned["streams"]]
+  for g, p in zip(got["streams"], pinned["streams"]):
+    np.testing.assert_array_equal(g["frame_indices"], p["frame_indices"])
+    np.testing.assert_allclose(g["segment_probs"], p["segment_probs"], rtol=0, atol=PIN_ATOL)
+    for m in ("dcw", "ave"):
+      np.testing.assert_allclose(g["scores"][m], p["scores"][m], rtol=0, atol=PIN_ATOL)
+    assert g["top"] == p["top"], (case, g["name"])
+  for m in ("dcw", "ave"):
+    np.testing.assert_allclose(got["scores"][m], pinned["scores"][m], rtol=0, atol=PIN_ATOL)
+  assert got["top"] == pinned["top"], case
+
+
+def write_pinned(testdata_dir: pathlib.Path) -> None:
+  """Runs the pinned cases with the code as it is and writes PINNED_FILE (see the module doc)."""
+  import tempfile  # pylint: disable=import-outside-toplevel
+  commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                          text=True, check=True).stdout.strip()
+  with tempfile.TemporaryDirectory() as root:
+    made = _make_exports(pathlib.Path(root))
+    loaded = [predict.load_stream(made["rgb"]), predict.load_stream(made["flow"])]
+    cases = {_case_name(clip, fmt): _pinned_record(_run_real_clip(testdata_dir, loaded, clip, fmt))
+             for clip, fmt, _ in REAL_CLIP_CASES}
+    warp = predict.load_stream(_warp_export(made))
+    cases[THREE_STREAMS_CASE] = _pinned_record(_run_three_streams(testdata_dir, loaded, warp))
+  PINNED_FILE.parent.mkdir(parents=True, exist_ok=True)
+  PINNED_FILE.write_text(json.dumps({
+      "_provenance": (f"python -m tests.test_predict --write-pinned at commit {commit} "
+                      "(sta_cnn_jax/predict.py before the inference.py split of issue 12), "
+                      f"testdata {testdata_dir}; JAX {jax.__version__} on "
+                      f"{jax.devices()[0].platform}"),
+      "cases": cases}, indent=1) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,17 +304,14 @@ def test_flow_codes_are_the_quantised_flow():
   assert np.abs(jpeg.astype(int) - quantised.astype(int)).max() <= MAX_JPEG_CODE_ERROR
 
 
-@pytest.mark.parametrize("clip, codec, figures", [
-    (AVI, None, False),                                          # Xvid, manifest codec (JPEG)
-    (MP4, predict.ShardCodec(flow_format="png"), True),          # H.264, lossless flow planes
-    (DIVX, None, False),                                         # DivX, 560x240 source
-])
-def test_predict_real_clip(testdata_dir, streams, exports, tmp_path, clip, codec, figures):
+@pytest.mark.parametrize("clip, flow_format, figures", REAL_CLIP_CASES)
+def test_predict_real_clip(testdata_dir, streams, exports, tmp_path, clip, flow_format, figures):
   path = str(testdata_dir / clip)
-  weights = [1.0, 1.5]
-  result = predict.predict_video(path, streams, weights, "dis", top=TOP, codec=codec,
-                                 figures_dir=str(tmp_path) if figures else None,
-                                 return_inputs=True)
+  weights = WEIGHTS
+  codec = _codec(flow_format)
+  result = _run_real_clip(testdata_dir, streams, clip, flow_format,
+                          str(tmp_path) if figures else None)
+  _assert_pinned(_case_name(clip, flow_format), result)
   assert result["classes"] == list(CLASSES)
   rgb, flow = result["streams"]
   assert (rgb["modality"], flow["modality"]) == ("rgb", "flow")
@@ -297,9 +395,9 @@ def test_selected_flow_equals_whole_video_flow(testdata_dir, warped):
 
 
 def test_three_streams_default_tsn_weights(testdata_dir, exports, streams):
-  warp = predict.load_stream(_export(exports["root"], "warpflow", str(exports["root"] / "data"),
-                                     seed=4))
-  result = predict.predict_video(testdata_dir / MP4, streams + [warp], top=TOP)
+  warp = predict.load_stream(_warp_export(exports))
+  result = _run_three_streams(testdata_dir, streams, warp)
+  _assert_pinned(THREE_STREAMS_CASE, result)
   assert result["weights"] == [1.0, 1.5, 1.0]  # TSN RGB : flow : warped flow
   assert [s["modality"] for s in result["streams"]] == ["rgb", "flow", "warpflow"]
   for method in ("ave", "dcw"):
@@ -383,3 +481,10 @@ def test_cli_corrupt_video_exits_with_the_file_name(testdata_dir, exports, jax_c
   proc = _run_cli([f"--video={video}", f"--checkpoint={exports['rgb']}"], jax_cache_dir)
   assert proc.returncode != 0
   assert video in proc.stderr and "Traceback" not in proc.stderr
+
+
+if __name__ == "__main__":
+  if sys.argv[1:] != ["--write-pinned"]:
+    raise SystemExit("usage: python -m tests.test_predict --write-pinned")
+  from tests.conftest import _testdata_path  # pylint: disable=import-outside-toplevel
+  write_pinned(_testdata_path())
