@@ -29,8 +29,10 @@ from configs import demo as demo_config
 from data_prep import flow as flow_lib
 from data_prep import video as video_lib
 from sta_cnn_jax import checkpoints
+from sta_cnn_jax import inference
 from sta_cnn_jax import predict
 from sta_cnn_jax import train
+from sta_cnn_jax import video_inputs
 # jax_cache_dir is a fixture (one XLA compilation cache shared with the CLI subprocesses).
 from tests.train_utils import REPO_ROOT, cache_env, jax_cache_dir  # pylint: disable=unused-import
 
@@ -134,7 +136,7 @@ def exports(tmp_path_factory, jax_cache_dir):
 
 @pytest.fixture(scope="module")
 def streams(exports):
-  return [predict.load_stream(exports["rgb"]), predict.load_stream(exports["flow"])]
+  return [inference.load_stream(exports["rgb"]), inference.load_stream(exports["flow"])]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,17 +156,17 @@ def _case_name(clip, flow_format) -> str:
 
 
 def _codec(flow_format):
-  return None if flow_format is None else predict.ShardCodec(flow_format=flow_format)
+  return None if flow_format is None else video_inputs.ShardCodec(flow_format=flow_format)
 
 
 def _run_real_clip(testdata_dir, streams, clip, flow_format, figures_dir=None) -> dict:
-  return predict.predict_video(str(testdata_dir / clip), streams, WEIGHTS, "dis", top=TOP,
+  return inference.predict_video(str(testdata_dir / clip), streams, WEIGHTS, "dis", top=TOP,
                                codec=_codec(flow_format), figures_dir=figures_dir,
                                return_inputs=True)
 
 
 def _run_three_streams(testdata_dir, streams, warp) -> dict:
-  return predict.predict_video(testdata_dir / MP4, streams + [warp], top=TOP)
+  return inference.predict_video(testdata_dir / MP4, streams + [warp], top=TOP)
 
 
 THREE_STREAMS_CASE = "mmaction2_demo:three_streams"
@@ -208,10 +210,10 @@ def write_pinned(testdata_dir: pathlib.Path) -> None:
                           text=True, check=True).stdout.strip()
   with tempfile.TemporaryDirectory() as root:
     made = _make_exports(pathlib.Path(root))
-    loaded = [predict.load_stream(made["rgb"]), predict.load_stream(made["flow"])]
+    loaded = [inference.load_stream(made["rgb"]), inference.load_stream(made["flow"])]
     cases = {_case_name(clip, fmt): _pinned_record(_run_real_clip(testdata_dir, loaded, clip, fmt))
              for clip, fmt, _ in REAL_CLIP_CASES}
-    warp = predict.load_stream(_warp_export(made))
+    warp = inference.load_stream(_warp_export(made))
     cases[THREE_STREAMS_CASE] = _pinned_record(_run_three_streams(testdata_dir, loaded, warp))
   PINNED_FILE.parent.mkdir(parents=True, exist_ok=True)
   PINNED_FILE.write_text(json.dumps({
@@ -270,6 +272,16 @@ def _reference_flow(path):
   return flow_lib.FLOW_METHODS["dis"](grey[fields], grey[fields + 1]), frames
 
 
+def _reference_codes(flow, codec):
+  """`(P, H, W, 2)` float flow -> uint8 codes as the shards store them: quantised x / y planes
+  (data_prep.flow.encode_flow_planes) decoded by OpenCV (TF's accurate IDCT decodes the same)."""
+  xs, ys = flow_lib.encode_flow_planes(flow, codec.flow_bound, codec.flow_format,
+                                       codec.flow_quality)
+  return np.stack([np.stack([flow_lib.decode_image(x, grayscale=True),
+                             flow_lib.decode_image(y, grayscale=True)], axis=-1)
+                   for x, y in zip(xs, ys)])
+
+
 def _assert_png(path):
   with open(path, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n", path
@@ -282,26 +294,6 @@ def _assert_png(path):
 # ---------------------------------------------------------------------------------------------
 # Tests.
 # ---------------------------------------------------------------------------------------------
-
-
-def test_flow_codes_are_the_quantised_flow():
-  # A smooth field (like real flow) reaching beyond ±bound: clipping is exercised.
-  yy, xx = np.mgrid[0:32, 0:48].astype(np.float32)
-  flow = np.stack([25.0 * np.sin(xx / 9.0 + k) * np.cos(yy / 11.0) for k in range(6)])
-  flow = flow.reshape(3, 2, 32, 48).transpose(0, 2, 3, 1).astype(np.float32)  # (3, 32, 48, 2)
-  quantised = flow_lib.quantize_flow(flow, 20.0)
-  assert quantised.min() == 0 and quantised.max() == 255
-  png = predict.flow_codes(flow, predict.ShardCodec(flow_format="png"))
-  np.testing.assert_array_equal(flow_lib.dequantize_flow(png, 20.0),
-                                flow_lib.dequantize_flow(quantised, 20.0))
-  # JPEG q95 (the shards' default): what OpenCV decodes from the planes the shards would hold.
-  jpeg = predict.flow_codes(flow, predict.ShardCodec())
-  xs, ys = flow_lib.encode_flow_planes(flow, 20.0, "jpeg", 95)
-  expected = np.stack([np.stack([flow_lib.decode_image(x, grayscale=True),
-                                 flow_lib.decode_image(y, grayscale=True)], axis=-1)
-                       for x, y in zip(xs, ys)])
-  np.testing.assert_array_equal(jpeg, expected)
-  assert np.abs(jpeg.astype(int) - quantised.astype(int)).max() <= MAX_JPEG_CODE_ERROR
 
 
 @pytest.mark.parametrize("clip, flow_format, figures", REAL_CLIP_CASES)
@@ -351,7 +343,7 @@ def test_predict_real_clip(testdata_dir, streams, exports, tmp_path, clip, flow_
   reference, frames = _reference_flow(path)
   inputs = flow["inputs"]  # (S, V=1, 64, 64, 10) uint8
   assert inputs.shape == (SEGMENTS, 1, CROP, CROP, 10) and inputs.dtype == np.uint8
-  expected_codes = _interleave(_centre(predict.flow_codes(reference, codec or streams[1].codec)))
+  expected_codes = _interleave(_centre(_reference_codes(reference, codec or streams[1].codec)))
   np.testing.assert_array_equal(inputs[:, 0], expected_codes)
   quantised = _interleave(_centre(flow_lib.quantize_flow(reference, 20.0)))
   if codec is not None:  # lossless planes: the network sees dequantise(quantise(flow)) exactly
@@ -383,7 +375,7 @@ def test_selected_flow_equals_whole_video_flow(testdata_dir, warped):
   frames = video_lib.read_video(testdata_dir / AVI, width=FRAME_HW[1], height=FRAME_HW[0])[:24]
   grey = flow_lib.to_gray(frames)
   fields = [0, 1, 2, 7, 8, 15, 22]  # runs of consecutive fields and single ones (22 = last)
-  got, fallbacks = predict.selected_flow(grey, fields, "dis", warped)
+  got, fallbacks = video_inputs.selected_flow(grey, fields, "dis", warped)
   if warped:
     whole, whole_fallbacks = flow_lib.compute_warped_flow(grey, "dis")
     assert fallbacks <= whole_fallbacks
@@ -395,7 +387,7 @@ def test_selected_flow_equals_whole_video_flow(testdata_dir, warped):
 
 
 def test_three_streams_default_tsn_weights(testdata_dir, exports, streams):
-  warp = predict.load_stream(_warp_export(exports))
+  warp = inference.load_stream(_warp_export(exports))
   result = _run_three_streams(testdata_dir, streams, warp)
   _assert_pinned(THREE_STREAMS_CASE, result)
   assert result["weights"] == [1.0, 1.5, 1.0]  # TSN RGB : flow : warped flow
@@ -409,7 +401,7 @@ def test_three_streams_default_tsn_weights(testdata_dir, exports, streams):
 
 def test_truncated_video_is_kept_with_a_warning(testdata_dir, streams):
   path = testdata_dir / "bad" / "truncated_30pct_v_Archery_g01_c01.avi"
-  result = predict.predict_video(path, streams)
+  result = inference.predict_video(path, streams)
   assert result["num_frames"] == 40  # testdata README §5
   assert any("header" in w for w in result["warnings"])
   assert result["weights"] == [1.0, 1.5]  # TSN default RGB : flow
@@ -420,13 +412,13 @@ def test_truncated_video_is_kept_with_a_warning(testdata_dir, streams):
 def test_corrupt_video_names_the_file(testdata_dir, streams, name):
   path = str(testdata_dir / "bad" / name)
   with pytest.raises(video_lib.VideoError) as error:
-    predict.predict_video(path, streams)
+    inference.predict_video(path, streams)
   assert path in str(error.value)
 
 
 def test_checkpoint_without_export(tmp_path, streams):
-  with pytest.raises(predict.PredictError) as error:
-    predict.predict_video("unused.avi", [str(tmp_path)])
+  with pytest.raises(inference.PredictError) as error:
+    inference.predict_video("unused.avi", [str(tmp_path)])
   message = str(error.value)
   assert str(tmp_path) in message and "config.json" in message and "variables" in message
 
@@ -434,11 +426,11 @@ def test_checkpoint_without_export(tmp_path, streams):
 def test_streams_with_other_classes_refuse_to_fuse(exports, streams, tmp_path):
   other_classes = CLASSES[:3] + ("Biking", "Diving")
   other = _export(tmp_path, "flow", _write_manifest(tmp_path / "other", other_classes), seed=3)
-  with pytest.raises(predict.PredictError, match="different class lists") as error:
-    predict.predict_video("unused.avi", [streams[0], other])
+  with pytest.raises(inference.PredictError, match="different class lists") as error:
+    inference.predict_video("unused.avi", [streams[0], other])
   assert "'ApplyEyeMakeup' vs 'Biking'" in str(error.value)
-  with pytest.raises(predict.PredictError, match="3 class names"):
-    predict.load_stream(exports["flow"], class_names=CLASSES[:3])
+  with pytest.raises(inference.PredictError, match="3 class names"):
+    inference.load_stream(exports["flow"], class_names=CLASSES[:3])
 
 
 def test_read_class_names(tmp_path):
@@ -469,7 +461,7 @@ def test_cli_prints_top5_table(testdata_dir, exports, streams, tmp_path, jax_cac
   rows = [line.split() for line in lines[header + 1:header + 1 + TOP]]
   assert [r[0] for r in rows] == [str(i) for i in range(1, TOP + 1)]
   # Same ranking and scores as the in-process prediction of the same video.
-  expected = predict.predict_video(video, streams, [1.0, 1.5], "dis", top=TOP)
+  expected = inference.predict_video(video, streams, [1.0, 1.5], "dis", top=TOP)
   for row, dcw, ave in zip(rows, expected["top"]["dcw"], expected["top"]["ave"]):
     assert row[1:] == [dcw["class"], f"{dcw['score']:.4f}", ave["class"], f"{ave['score']:.4f}"]
   saved = json.loads(out_json.read_text())
