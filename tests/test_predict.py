@@ -1,4 +1,5 @@
-"""Tests of sta_cnn_jax.predict on real clips (shared/testdata) with tiny exported streams.
+"""Tests of sta_cnn_jax.predict / inference / video_inputs on real clips (shared/testdata) with
+tiny exported streams.
 
 Two randomly initialised STACNN streams (RGB with spatial attention, flow) at 64 px crops of
 64x96 frames are exported with checkpoints.export_inference; the test protocol runs with 5
@@ -24,12 +25,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from configs import demo as demo_config
 from data_prep import flow as flow_lib
+from data_prep import shards as shards_lib
 from data_prep import video as video_lib
 from sta_cnn_jax import checkpoints
 from sta_cnn_jax import inference
+from sta_cnn_jax import input_pipeline
 from sta_cnn_jax import predict
 from sta_cnn_jax import train
 from sta_cnn_jax import video_inputs
@@ -370,6 +374,46 @@ def test_predict_real_clip(testdata_dir, streams, exports, tmp_path, clip, flow_
       _assert_png(figure)
 
 
+@pytest.mark.parametrize("num_frames", [3, 9, 40, 131])
+@pytest.mark.parametrize("modality, frames_per_snippet, new_length", [("rgb", 2, 1),
+                                                                      ("flow", 5, 5)])
+def test_eval_snippet_indices_are_tsn_test_sampling(num_frames, modality, frames_per_snippet,
+                                                    new_length):
+  np.testing.assert_array_equal(
+      input_pipeline.eval_snippet_indices(num_frames, modality, SEGMENTS),
+      _np_test_indices(num_frames, frames_per_snippet, new_length))
+
+
+def _pipeline_views(data_dir, example, modality, num_views):
+  """`example` as a one-video test shard read by create_eval_dataset (what --mode=eval reads)."""
+  name = shards_lib.SHARD_PATTERN.format(split="test", modalities=modality, index=0,
+                                         num_shards=1)
+  with tf.io.TFRecordWriter(os.path.join(data_dir, name)) as writer:
+    writer.write(example)
+  with open(os.path.join(data_dir, "manifest.json"), "w") as f:
+    json.dump({"modalities": [modality], "frame_size": list(FRAME_HW),
+               "num_videos": {"test": 1}}, f)
+  batches = input_pipeline.create_eval_dataset(
+      str(data_dir), modality=modality, num_segments=SEGMENTS, num_views=num_views,
+      batch_size=1, num_devices=1, out_size=CROP)
+  return next(iter(batches))["frames"][0, 0]  # (D=1, B=1, S, V, ...) -> (S, V, ...)
+
+
+@pytest.mark.parametrize("modality, num_views", [("rgb", 10), ("warpflow", 1)])
+def test_in_memory_views_are_the_eval_datasets(testdata_dir, tmp_path, modality, num_views):
+  frames = video_lib.read_video(testdata_dir / AVI, width=FRAME_HW[1], height=FRAME_HW[0])[:30]
+  gray = flow_lib.to_gray(frames) if modality != "rgb" else None
+  example, _, _ = video_inputs.video_example(frames, modality, SEGMENTS,
+                                             video_inputs.ShardCodec(), gray=gray,
+                                             flow_method="dis")
+  views = input_pipeline.eval_views_from_example(example, modality=modality,
+                                                 num_segments=SEGMENTS, num_views=num_views,
+                                                 out_size=CROP)
+  channels = input_pipeline.input_channels(modality)
+  assert views.shape == (SEGMENTS, num_views, CROP, CROP, channels) and views.dtype == np.uint8
+  np.testing.assert_array_equal(views, _pipeline_views(tmp_path, example, modality, num_views))
+
+
 @pytest.mark.parametrize("warped", [False, True])
 def test_selected_flow_equals_whole_video_flow(testdata_dir, warped):
   frames = video_lib.read_video(testdata_dir / AVI, width=FRAME_HW[1], height=FRAME_HW[0])[:24]
@@ -431,6 +475,51 @@ def test_streams_with_other_classes_refuse_to_fuse(exports, streams, tmp_path):
   assert "'ApplyEyeMakeup' vs 'Biking'" in str(error.value)
   with pytest.raises(inference.PredictError, match="3 class names"):
     inference.load_stream(exports["flow"], class_names=CLASSES[:3])
+
+
+def _with_dataset_json(export_dir, **facts):
+  info = {"classes": list(OTHER_CLASSES), "num_classes": len(OTHER_CLASSES),
+          "frame_size": [72, 96], "modalities": ["rgb", "flow"],
+          "flow": {"method": "farneback", "bound": 15.0, "format": "png", "quality": None}}
+  info.update(facts)
+  with open(os.path.join(export_dir, inference.DATASET_JSON), "w") as f:
+    json.dump(info, f)
+  return export_dir
+
+
+OTHER_CLASSES = ("Biking", "Diving", "Fencing", "Punch", "Rowing")
+
+
+def test_export_dataset_json_comes_first(testdata_dir, tmp_path):
+  # data_dir's manifest says CLASSES and dis flow; the exports' dataset.json says otherwise.
+  data_dir = _write_manifest(tmp_path / "data")
+  rgb = _with_dataset_json(_export(tmp_path, "rgb", data_dir, seed=1))
+  flow = _with_dataset_json(_export(tmp_path, "flow", data_dir, seed=2))
+  stream = inference.load_stream(flow)
+  assert stream.classes == list(OTHER_CLASSES)
+  assert stream.class_source == os.path.join(flow, inference.DATASET_JSON)
+  assert stream.codec == video_inputs.ShardCodec(flow_format="png", flow_bound=15.0,
+                                                 flow_method="farneback",
+                                                 source=stream.class_source)
+  result = inference.predict_video(testdata_dir / "bad" / "truncated_30pct_v_Archery_g01_c01.avi",
+                                   f"{rgb},{flow}", top=2)
+  assert result["classes"] == list(OTHER_CLASSES)
+  assert result["streams"][1]["flow_method"] == "farneback"
+  assert result["streams"][1]["codec"]["flow_format"] == "png"
+  assert any("(72, 96)" in w and "input.frame_size is (64, 96)" in w for w in result["warnings"])
+
+
+def test_read_dataset_info(tmp_path):
+  assert inference.read_dataset_info(str(tmp_path)) is None
+  _with_dataset_json(str(tmp_path), flow=None)
+  info = inference.read_dataset_info(str(tmp_path))
+  assert info["classes"] == list(OTHER_CLASSES) and info["flow"] is None
+  _with_dataset_json(str(tmp_path), num_classes=4)
+  with pytest.raises(inference.PredictError, match="5 classes but num_classes=4"):
+    inference.read_dataset_info(str(tmp_path))
+  (tmp_path / inference.DATASET_JSON).write_text("[1, 2")
+  with pytest.raises(inference.PredictError, match="not readable JSON"):
+    inference.read_dataset_info(str(tmp_path))
 
 
 def test_read_class_names(tmp_path):
