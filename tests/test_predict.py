@@ -17,6 +17,7 @@ import functools
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -220,12 +221,18 @@ def write_pinned(testdata_dir: pathlib.Path) -> None:
     warp = inference.load_stream(_warp_export(made))
     cases[THREE_STREAMS_CASE] = _pinned_record(_run_three_streams(testdata_dir, loaded, warp))
   PINNED_FILE.parent.mkdir(parents=True, exist_ok=True)
-  PINNED_FILE.write_text(json.dumps({
+  PINNED_FILE.write_text(_compact_json({
       "_provenance": (f"python -m tests.test_predict --write-pinned at commit {commit} "
                       "(sta_cnn_jax/predict.py before the inference.py split of issue 12), "
                       f"testdata {testdata_dir}; JAX {jax.__version__} on "
                       f"{jax.devices()[0].platform}"),
-      "cases": cases}, indent=1) + "\n")
+      "cases": cases}) + "\n")
+
+
+def _compact_json(value) -> str:
+  """JSON with every innermost list of numbers on one line."""
+  text = json.dumps(value, indent=1)
+  return re.sub(r"\[[^\[\]{}\"]*\]", lambda m: " ".join(m.group(0).split()), text)
 
 
 # ---------------------------------------------------------------------------------------------
