@@ -1,8 +1,10 @@
 r"""Two-/three-stream fusion of saved per-video scores (paper Table 4; TSN's weighted softmax fusion).
 
 Each stream's `--mode=eval` writes `<workdir>/eval_scores.npz` (video ids, labels, per-video AVE and
-DCW scores, each a distribution over classes). Fusion is a weighted sum of those distributions,
-aligned by video id; TSN weights RGB : flow = 1 : 1.5.
+DCW scores, each a distribution over classes). Fusion is the weighted mean of those distributions,
+aligned by video id, Σ_i w_i s_i / Σ_i w_i (`weighted_mean`, also `sta_cnn_jax.predict`'s); TSN
+weights RGB : flow : warped flow = 1 : 1.5 : 1. Dividing by Σ_i w_i keeps a distribution and
+does not change the ranking (nor any accuracy) of TSN's weighted sum Σ_i w_i s_i.
 
   python -m sta_cnn_jax.fuse --scores=/runs/s1_rgb,/runs/s1_flow --weights=1,1.5
   python -m sta_cnn_jax.fuse --weights=1,1.5,1 \
@@ -23,9 +25,10 @@ from sta_cnn_jax import metrics
 
 SCORES_FILE = "eval_scores.npz"
 METHODS = ("ave", "dcw")
-# TSN's fusion weights RGB : flow (: warped flow); configurable with --weights.
-DEFAULT_WEIGHTS = (1.0, 1.5, 1.0)
-
+# TSN's fusion weight of each modality (RGB : flow : warped flow = 1 : 1.5 : 1); --weights
+# overrides them. DEFAULT_WEIGHTS: the same for streams given in that order.
+MODALITY_WEIGHTS = {"rgb": 1.0, "flow": 1.5, "warpflow": 1.0}
+DEFAULT_WEIGHTS = tuple(MODALITY_WEIGHTS.values())
 
 
 def define_flags() -> None:
@@ -66,11 +69,31 @@ def align(streams: Sequence[dict]) -> tuple[np.ndarray, list[dict]]:
   return streams[0]["label"], aligned
 
 
+def check_weights(weights: Sequence[float], num_streams: int) -> list[float]:
+  """`weights` as floats; ValueError unless they are `num_streams` numbers >= 0, sum > 0."""
+  weights = [float(w) for w in weights]
+  if len(weights) != num_streams:
+    raise ValueError(f"{num_streams} streams but {len(weights)} fusion weights {weights}")
+  if min(weights) < 0 or sum(weights) <= 0:
+    raise ValueError(f"fusion weights {weights} must be {num_streams} non-negative numbers with "
+                     "a positive sum")
+  return weights
+
+
+def weighted_mean(scores: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+  """Fused scores Σ_i w_i s_i / Σ_i w_i (float64) of the streams' scores s_i `(..., C)`.
+
+  Each s_i is a distribution over the C classes (AVE, or DCW Eq. 11 normalised:
+  metrics.video_scores), so the fused scores are one too.
+  """
+  weights = check_weights(weights, len(scores))
+  total = sum(w * np.asarray(s, np.float64) for w, s in zip(weights, scores))
+  return total / sum(weights)
+
+
 def fuse_streams(streams: Sequence[dict], weights: Sequence[float]) -> dict[str, np.ndarray]:
-  """Weighted sum of the streams' per-video score distributions, for AVE and DCW: `(V, C)` each."""
-  if len(weights) != len(streams):
-    raise ValueError(f"{len(streams)} streams but {len(weights)} weights")
-  return {m: sum(w * s[m] for w, s in zip(weights, streams)) for m in METHODS}
+  """`weighted_mean` of the streams' per-video scores, for AVE and DCW: `(V, C)` each."""
+  return {m: weighted_mean([s[m] for s in streams], weights) for m in METHODS}
 
 
 def fusion_report(paths: Sequence[str], weights: Sequence[float]) -> dict:

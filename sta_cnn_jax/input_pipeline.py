@@ -824,3 +824,35 @@ def prefetch_to_device(iterator: Iterator[Any], size: int,
   while queue:
     yield queue.popleft()
     enqueue(1)
+
+
+# ---------------------------------------------------------------------------------------
+# One video in memory (sta_cnn_jax.video_inputs: a video file's eval views, no shards).
+# ---------------------------------------------------------------------------------------
+
+
+def eval_snippet_indices(num_frames: int, modality: str, num_segments: int) -> np.ndarray:
+  """`(S, T)` indices of what the eval pipeline reads from a video: TSN test sampling.
+
+  Indices of frames (rgb, T = 2) or of flow fields (flow / warpflow, T = 5) among `num_frames`
+  of them: `sampling.test_offsets` and `snippet_frame_indices` with this modality's layout, as
+  `_eval_video` samples a parsed Example.
+  """
+  frames_per_snippet, new_length, _ = _snippet_layout(modality)
+  offsets = sampling.test_offsets(num_frames, num_segments, new_length)
+  return np.asarray(sampling.snippet_frame_indices(offsets, frames_per_snippet, num_frames))
+
+
+def eval_views_from_example(serialized: bytes, *, modality: str, num_segments: int,
+                            num_views: int, out_size: int) -> np.ndarray:
+  """One video's serialised tf.train.Example -> its eval views `(S, V, out, out, C_in)` uint8.
+
+  The per-video map of the eval dataset (`_eval_video`: parse, TSN test sampling, decode,
+  GroupOverSample views, channel stacking) on one in-memory record, so the views are exactly
+  what `--mode=eval` feeds the network for that video. `num_views` is 1 or 10
+  (SUPPORTED_EVAL_VIEWS); frames smaller than `out_size` fail the pipeline's own check.
+  """
+  record = tf.data.Dataset.from_tensors(tf.constant(serialized, tf.string))
+  views = record.map(lambda r: _eval_video(r, modality=modality, num_snippets=num_segments,
+                                           num_views=num_views, out_size=out_size))
+  return views.get_single_element()["frames"].numpy()

@@ -67,3 +67,27 @@ def test_cli_reports_splits_and_their_mean(tmp_path, two_streams):
   report = json.loads(out.read_text())
   fused = rgb["dcw"] + flow["dcw"]
   assert report["mean"]["dcw"]["top1"] == pytest.approx(np.mean(fused.argmax(-1) == labels))
+
+
+def test_weighted_mean_is_tsns_weighted_sum_over_the_weight_total():
+  rng = np.random.RandomState(1)
+  a, b, c = (random_dists(rng, 7, 5) for _ in range(3))
+  fused = fuse.weighted_mean([a, b, c], fuse.DEFAULT_WEIGHTS)
+  a, b, c = (x.astype(np.float64) for x in (a, b, c))
+  tsn_sum = 1.0 * a + 1.5 * b + 1.0 * c  # TSN: Σ w_i s_i
+  np.testing.assert_allclose(fused, tsn_sum / 3.5, rtol=1e-12)
+  np.testing.assert_allclose(fused.sum(-1), 1.0, rtol=1e-6)  # still a distribution (float32 s_i)
+  np.testing.assert_array_equal(fused.argmax(-1), tsn_sum.argmax(-1))  # same ranking
+  assert fuse.DEFAULT_WEIGHTS == (1.0, 1.5, 1.0)
+  assert [fuse.MODALITY_WEIGHTS[m] for m in ("rgb", "flow", "warpflow")] == [1.0, 1.5, 1.0]
+
+
+@pytest.mark.parametrize("weights, message", [
+    ([1.0], "2 streams but 1 fusion weights"),
+    ([1.0, -0.5], "non-negative"),
+    ([0.0, 0.0], "positive sum"),
+])
+def test_bad_weights_are_refused(weights, message):
+  rng = np.random.RandomState(2)
+  with pytest.raises(ValueError, match=message):
+    fuse.weighted_mean([random_dists(rng, 3, 4), random_dists(rng, 3, 4)], weights)

@@ -1,16 +1,23 @@
-"""Tests of sta_cnn_jax.predict on real clips (shared/testdata) with tiny exported streams.
+"""Tests of sta_cnn_jax.predict / inference / video_inputs on real clips (shared/testdata) with
+tiny exported streams.
 
 Two randomly initialised STACNN streams (RGB with spatial attention, flow) at 64 px crops of
 64x96 frames are exported with checkpoints.export_inference; the test protocol runs with 5
 segments and the centre view only. Every expected value is recomputed here with NumPy from the
 per-stream outputs (AVE, DCW Eq. 11, α = 1/H, the weighted fusion) or from independently
 computed flow (FLOW_METHODS + the TSN test-offset formula written out).
+
+The same runs are also pinned to the numbers the code gave before the predict / inference split
+(issue 12): tests/data/predict_pinned.json, written by `python -m tests.test_predict
+--write-pinned` (its '_provenance' entry names the commit that produced it).
 """
 # pylint: disable=redefined-outer-name  (pytest fixtures)
 
 import functools
 import json
 import os
+import pathlib
+import re
 import subprocess
 import sys
 
@@ -19,13 +26,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from configs import demo as demo_config
 from data_prep import flow as flow_lib
+from data_prep import shards as shards_lib
 from data_prep import video as video_lib
 from sta_cnn_jax import checkpoints
+from sta_cnn_jax import inference
+from sta_cnn_jax import input_pipeline
 from sta_cnn_jax import predict
 from sta_cnn_jax import train
+from sta_cnn_jax import video_inputs
 # jax_cache_dir is a fixture (one XLA compilation cache shared with the CLI subprocesses).
 from tests.train_utils import REPO_ROOT, cache_env, jax_cache_dir  # pylint: disable=unused-import
 
@@ -46,6 +58,10 @@ SCORE_RTOL, SCORE_ATOL = 1e-5, 1e-6
 # Classifier scale of the random streams, so that segment predictions are neither one-hot (0-255
 # RGB input makes He-initialised logits huge) nor uniform: α and the DCW selection then vary.
 FC_SCALE = {"rgb": 0.02, "flow": 0.3}
+
+# Pinned outputs of the pre-refactor code (module doc); per-stream and fused scores to PIN_ATOL.
+PINNED_FILE = pathlib.Path(__file__).parent / "data" / "predict_pinned.json"
+PIN_ATOL = 1e-5
 
 AVI = "videos/ucf101/v_Archery_g01_c01.avi"
 MP4 = "videos/other/mmaction2_demo.mp4"
@@ -107,18 +123,116 @@ def _export(root, modality: str, data_dir: str, seed: int) -> str:
                                       str(root / f"export_{modality}"))
 
 
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory, jax_cache_dir):
-  del jax_cache_dir  # compiled programs are shared with the CLI subprocesses
-  root = tmp_path_factory.mktemp("predict")
+def _make_exports(root) -> dict:
   data_dir = _write_manifest(root / "data")
   return {"rgb": _export(root, "rgb", data_dir, seed=1),
           "flow": _export(root, "flow", data_dir, seed=2), "root": root}
 
 
+def _warp_export(exports) -> str:
+  return _export(exports["root"], "warpflow", str(exports["root"] / "data"), seed=4)
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory, jax_cache_dir):
+  del jax_cache_dir  # compiled programs are shared with the CLI subprocesses
+  return _make_exports(tmp_path_factory.mktemp("predict"))
+
+
 @pytest.fixture(scope="module")
 def streams(exports):
-  return [predict.load_stream(exports["rgb"]), predict.load_stream(exports["flow"])]
+  return [inference.load_stream(exports["rgb"]), inference.load_stream(exports["flow"])]
+
+
+# ---------------------------------------------------------------------------------------------
+# The runs pinned in PINNED_FILE (same calls in the tests and in --write-pinned).
+# ---------------------------------------------------------------------------------------------
+
+REAL_CLIP_CASES = [  # (clip, flow plane format override or None = the manifest's, figures)
+    (AVI, None, False),   # Xvid, manifest codec (JPEG)
+    (MP4, "png", True),   # H.264, lossless flow planes
+    (DIVX, None, False),  # DivX, 560x240 source
+]
+WEIGHTS = [1.0, 1.5]
+
+
+def _case_name(clip, flow_format) -> str:
+  return f"{pathlib.Path(clip).stem}:{flow_format or 'manifest'}"
+
+
+def _codec(flow_format):
+  return None if flow_format is None else video_inputs.ShardCodec(flow_format=flow_format)
+
+
+def _run_real_clip(testdata_dir, streams, clip, flow_format, figures_dir=None) -> dict:
+  return inference.predict_video(str(testdata_dir / clip), streams, WEIGHTS, "dis", top=TOP,
+                               codec=_codec(flow_format), figures_dir=figures_dir,
+                               return_inputs=True)
+
+
+def _run_three_streams(testdata_dir, streams, warp) -> dict:
+  return inference.predict_video(testdata_dir / MP4, streams + [warp], top=TOP)
+
+
+THREE_STREAMS_CASE = "mmaction2_demo:three_streams"
+
+
+def _pinned_record(result: dict) -> dict:
+  """What PINNED_FILE keeps of a predict_video result: per stream and fused scores, top-k."""
+  def top(entries):
+    return {m: [e["index"] for e in entries[m]] for m in ("dcw", "ave")}
+
+  def scores(values):
+    return {m: np.asarray(values[m], np.float64).tolist() for m in ("dcw", "ave")}
+
+  return {"streams": [{"name": s["name"], "frame_indices": np.asarray(s["frame_indices"]).tolist(),
+                       "segment_probs": np.asarray(s["segment_probs"], np.float64).tolist(),
+                       "scores": scores(s["scores"]), "top": top(s["top"])}
+                      for s in result["streams"]],
+          "scores": scores(result["scores"]), "top": top(result["top"])}
+
+
+def _assert_pinned(case: str, result: dict) -> None:
+  """`result` gives PINNED_FILE's top-k (same indices, same order) and scores (to PIN_ATOL)."""
+  pinned = json.loads(PINNED_FILE.read_text())["cases"][case]
+  got = _pinned_record(result)
+  assert [s["name"] for s in got["streams"]] == [s["name"] for s in pinned["streams"]]
+  for g, p in zip(got["streams"], pinned["streams"]):
+    np.testing.assert_array_equal(g["frame_indices"], p["frame_indices"])
+    np.testing.assert_allclose(g["segment_probs"], p["segment_probs"], rtol=0, atol=PIN_ATOL)
+    for m in ("dcw", "ave"):
+      np.testing.assert_allclose(g["scores"][m], p["scores"][m], rtol=0, atol=PIN_ATOL)
+    assert g["top"] == p["top"], (case, g["name"])
+  for m in ("dcw", "ave"):
+    np.testing.assert_allclose(got["scores"][m], pinned["scores"][m], rtol=0, atol=PIN_ATOL)
+  assert got["top"] == pinned["top"], case
+
+
+def write_pinned(testdata_dir: pathlib.Path) -> None:
+  """Runs the pinned cases with the code as it is and writes PINNED_FILE (see the module doc)."""
+  import tempfile  # pylint: disable=import-outside-toplevel
+  commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                          text=True, check=True).stdout.strip()
+  with tempfile.TemporaryDirectory() as root:
+    made = _make_exports(pathlib.Path(root))
+    loaded = [inference.load_stream(made["rgb"]), inference.load_stream(made["flow"])]
+    cases = {_case_name(clip, fmt): _pinned_record(_run_real_clip(testdata_dir, loaded, clip, fmt))
+             for clip, fmt, _ in REAL_CLIP_CASES}
+    warp = inference.load_stream(_warp_export(made))
+    cases[THREE_STREAMS_CASE] = _pinned_record(_run_three_streams(testdata_dir, loaded, warp))
+  PINNED_FILE.parent.mkdir(parents=True, exist_ok=True)
+  PINNED_FILE.write_text(_compact_json({
+      "_provenance": (f"python -m tests.test_predict --write-pinned at commit {commit} "
+                      "(sta_cnn_jax/predict.py before the inference.py split of issue 12), "
+                      f"testdata {testdata_dir}; JAX {jax.__version__} on "
+                      f"{jax.devices()[0].platform}"),
+      "cases": cases}) + "\n")
+
+
+def _compact_json(value) -> str:
+  """JSON with every innermost list of numbers on one line."""
+  text = json.dumps(value, indent=1)
+  return re.sub(r"\[[^\[\]{}\"]*\]", lambda m: " ".join(m.group(0).split()), text)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,6 +283,16 @@ def _reference_flow(path):
   return flow_lib.FLOW_METHODS["dis"](grey[fields], grey[fields + 1]), frames
 
 
+def _reference_codes(flow, codec):
+  """`(P, H, W, 2)` float flow -> uint8 codes as the shards store them: quantised x / y planes
+  (data_prep.flow.encode_flow_planes) decoded by OpenCV (TF's accurate IDCT decodes the same)."""
+  xs, ys = flow_lib.encode_flow_planes(flow, codec.flow_bound, codec.flow_format,
+                                       codec.flow_quality)
+  return np.stack([np.stack([flow_lib.decode_image(x, grayscale=True),
+                             flow_lib.decode_image(y, grayscale=True)], axis=-1)
+                   for x, y in zip(xs, ys)])
+
+
 def _assert_png(path):
   with open(path, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n", path
@@ -183,37 +307,14 @@ def _assert_png(path):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_flow_codes_are_the_quantised_flow():
-  # A smooth field (like real flow) reaching beyond ±bound: clipping is exercised.
-  yy, xx = np.mgrid[0:32, 0:48].astype(np.float32)
-  flow = np.stack([25.0 * np.sin(xx / 9.0 + k) * np.cos(yy / 11.0) for k in range(6)])
-  flow = flow.reshape(3, 2, 32, 48).transpose(0, 2, 3, 1).astype(np.float32)  # (3, 32, 48, 2)
-  quantised = flow_lib.quantize_flow(flow, 20.0)
-  assert quantised.min() == 0 and quantised.max() == 255
-  png = predict.flow_codes(flow, predict.ShardCodec(flow_format="png"))
-  np.testing.assert_array_equal(flow_lib.dequantize_flow(png, 20.0),
-                                flow_lib.dequantize_flow(quantised, 20.0))
-  # JPEG q95 (the shards' default): what OpenCV decodes from the planes the shards would hold.
-  jpeg = predict.flow_codes(flow, predict.ShardCodec())
-  xs, ys = flow_lib.encode_flow_planes(flow, 20.0, "jpeg", 95)
-  expected = np.stack([np.stack([flow_lib.decode_image(x, grayscale=True),
-                                 flow_lib.decode_image(y, grayscale=True)], axis=-1)
-                       for x, y in zip(xs, ys)])
-  np.testing.assert_array_equal(jpeg, expected)
-  assert np.abs(jpeg.astype(int) - quantised.astype(int)).max() <= MAX_JPEG_CODE_ERROR
-
-
-@pytest.mark.parametrize("clip, codec, figures", [
-    (AVI, None, False),                                          # Xvid, manifest codec (JPEG)
-    (MP4, predict.ShardCodec(flow_format="png"), True),          # H.264, lossless flow planes
-    (DIVX, None, False),                                         # DivX, 560x240 source
-])
-def test_predict_real_clip(testdata_dir, streams, exports, tmp_path, clip, codec, figures):
+@pytest.mark.parametrize("clip, flow_format, figures", REAL_CLIP_CASES)
+def test_predict_real_clip(testdata_dir, streams, exports, tmp_path, clip, flow_format, figures):
   path = str(testdata_dir / clip)
-  weights = [1.0, 1.5]
-  result = predict.predict_video(path, streams, weights, "dis", top=TOP, codec=codec,
-                                 figures_dir=str(tmp_path) if figures else None,
-                                 return_inputs=True)
+  weights = WEIGHTS
+  codec = _codec(flow_format)
+  result = _run_real_clip(testdata_dir, streams, clip, flow_format,
+                          str(tmp_path) if figures else None)
+  _assert_pinned(_case_name(clip, flow_format), result)
   assert result["classes"] == list(CLASSES)
   rgb, flow = result["streams"]
   assert (rgb["modality"], flow["modality"]) == ("rgb", "flow")
@@ -253,7 +354,7 @@ def test_predict_real_clip(testdata_dir, streams, exports, tmp_path, clip, codec
   reference, frames = _reference_flow(path)
   inputs = flow["inputs"]  # (S, V=1, 64, 64, 10) uint8
   assert inputs.shape == (SEGMENTS, 1, CROP, CROP, 10) and inputs.dtype == np.uint8
-  expected_codes = _interleave(_centre(predict.flow_codes(reference, codec or streams[1].codec)))
+  expected_codes = _interleave(_centre(_reference_codes(reference, codec or streams[1].codec)))
   np.testing.assert_array_equal(inputs[:, 0], expected_codes)
   quantised = _interleave(_centre(flow_lib.quantize_flow(reference, 20.0)))
   if codec is not None:  # lossless planes: the network sees dequantise(quantise(flow)) exactly
@@ -280,12 +381,52 @@ def test_predict_real_clip(testdata_dir, streams, exports, tmp_path, clip, codec
       _assert_png(figure)
 
 
+@pytest.mark.parametrize("num_frames", [3, 9, 40, 131])
+@pytest.mark.parametrize("modality, frames_per_snippet, new_length", [("rgb", 2, 1),
+                                                                      ("flow", 5, 5)])
+def test_eval_snippet_indices_are_tsn_test_sampling(num_frames, modality, frames_per_snippet,
+                                                    new_length):
+  np.testing.assert_array_equal(
+      input_pipeline.eval_snippet_indices(num_frames, modality, SEGMENTS),
+      _np_test_indices(num_frames, frames_per_snippet, new_length))
+
+
+def _pipeline_views(data_dir, example, modality, num_views):
+  """`example` as a one-video test shard read by create_eval_dataset (what --mode=eval reads)."""
+  name = shards_lib.SHARD_PATTERN.format(split="test", modalities=modality, index=0,
+                                         num_shards=1)
+  with tf.io.TFRecordWriter(os.path.join(data_dir, name)) as writer:
+    writer.write(example)
+  with open(os.path.join(data_dir, "manifest.json"), "w") as f:
+    json.dump({"modalities": [modality], "frame_size": list(FRAME_HW),
+               "num_videos": {"test": 1}}, f)
+  batches = input_pipeline.create_eval_dataset(
+      str(data_dir), modality=modality, num_segments=SEGMENTS, num_views=num_views,
+      batch_size=1, num_devices=1, out_size=CROP)
+  return next(iter(batches))["frames"][0, 0]  # (D=1, B=1, S, V, ...) -> (S, V, ...)
+
+
+@pytest.mark.parametrize("modality, num_views", [("rgb", 10), ("warpflow", 1)])
+def test_in_memory_views_are_the_eval_datasets(testdata_dir, tmp_path, modality, num_views):
+  frames = video_lib.read_video(testdata_dir / AVI, width=FRAME_HW[1], height=FRAME_HW[0])[:30]
+  gray = flow_lib.to_gray(frames) if modality != "rgb" else None
+  example, _, _ = video_inputs.video_example(frames, modality, SEGMENTS,
+                                             video_inputs.ShardCodec(), gray=gray,
+                                             flow_method="dis")
+  views = input_pipeline.eval_views_from_example(example, modality=modality,
+                                                 num_segments=SEGMENTS, num_views=num_views,
+                                                 out_size=CROP)
+  channels = input_pipeline.input_channels(modality)
+  assert views.shape == (SEGMENTS, num_views, CROP, CROP, channels) and views.dtype == np.uint8
+  np.testing.assert_array_equal(views, _pipeline_views(tmp_path, example, modality, num_views))
+
+
 @pytest.mark.parametrize("warped", [False, True])
 def test_selected_flow_equals_whole_video_flow(testdata_dir, warped):
   frames = video_lib.read_video(testdata_dir / AVI, width=FRAME_HW[1], height=FRAME_HW[0])[:24]
   grey = flow_lib.to_gray(frames)
   fields = [0, 1, 2, 7, 8, 15, 22]  # runs of consecutive fields and single ones (22 = last)
-  got, fallbacks = predict.selected_flow(grey, fields, "dis", warped)
+  got, fallbacks = video_inputs.selected_flow(grey, fields, "dis", warped)
   if warped:
     whole, whole_fallbacks = flow_lib.compute_warped_flow(grey, "dis")
     assert fallbacks <= whole_fallbacks
@@ -297,9 +438,9 @@ def test_selected_flow_equals_whole_video_flow(testdata_dir, warped):
 
 
 def test_three_streams_default_tsn_weights(testdata_dir, exports, streams):
-  warp = predict.load_stream(_export(exports["root"], "warpflow", str(exports["root"] / "data"),
-                                     seed=4))
-  result = predict.predict_video(testdata_dir / MP4, streams + [warp], top=TOP)
+  warp = inference.load_stream(_warp_export(exports))
+  result = _run_three_streams(testdata_dir, streams, warp)
+  _assert_pinned(THREE_STREAMS_CASE, result)
   assert result["weights"] == [1.0, 1.5, 1.0]  # TSN RGB : flow : warped flow
   assert [s["modality"] for s in result["streams"]] == ["rgb", "flow", "warpflow"]
   for method in ("ave", "dcw"):
@@ -311,7 +452,7 @@ def test_three_streams_default_tsn_weights(testdata_dir, exports, streams):
 
 def test_truncated_video_is_kept_with_a_warning(testdata_dir, streams):
   path = testdata_dir / "bad" / "truncated_30pct_v_Archery_g01_c01.avi"
-  result = predict.predict_video(path, streams)
+  result = inference.predict_video(path, streams)
   assert result["num_frames"] == 40  # testdata README §5
   assert any("header" in w for w in result["warnings"])
   assert result["weights"] == [1.0, 1.5]  # TSN default RGB : flow
@@ -322,13 +463,13 @@ def test_truncated_video_is_kept_with_a_warning(testdata_dir, streams):
 def test_corrupt_video_names_the_file(testdata_dir, streams, name):
   path = str(testdata_dir / "bad" / name)
   with pytest.raises(video_lib.VideoError) as error:
-    predict.predict_video(path, streams)
+    inference.predict_video(path, streams)
   assert path in str(error.value)
 
 
 def test_checkpoint_without_export(tmp_path, streams):
-  with pytest.raises(predict.PredictError) as error:
-    predict.predict_video("unused.avi", [str(tmp_path)])
+  with pytest.raises(inference.PredictError) as error:
+    inference.predict_video("unused.avi", [str(tmp_path)])
   message = str(error.value)
   assert str(tmp_path) in message and "config.json" in message and "variables" in message
 
@@ -336,11 +477,56 @@ def test_checkpoint_without_export(tmp_path, streams):
 def test_streams_with_other_classes_refuse_to_fuse(exports, streams, tmp_path):
   other_classes = CLASSES[:3] + ("Biking", "Diving")
   other = _export(tmp_path, "flow", _write_manifest(tmp_path / "other", other_classes), seed=3)
-  with pytest.raises(predict.PredictError, match="different class lists") as error:
-    predict.predict_video("unused.avi", [streams[0], other])
+  with pytest.raises(inference.PredictError, match="different class lists") as error:
+    inference.predict_video("unused.avi", [streams[0], other])
   assert "'ApplyEyeMakeup' vs 'Biking'" in str(error.value)
-  with pytest.raises(predict.PredictError, match="3 class names"):
-    predict.load_stream(exports["flow"], class_names=CLASSES[:3])
+  with pytest.raises(inference.PredictError, match="3 class names"):
+    inference.load_stream(exports["flow"], class_names=CLASSES[:3])
+
+
+def _with_dataset_json(export_dir, **facts):
+  info = {"classes": list(OTHER_CLASSES), "num_classes": len(OTHER_CLASSES),
+          "frame_size": [72, 96], "modalities": ["rgb", "flow"],
+          "flow": {"method": "farneback", "bound": 15.0, "format": "png", "quality": None}}
+  info.update(facts)
+  with open(os.path.join(export_dir, inference.DATASET_JSON), "w") as f:
+    json.dump(info, f)
+  return export_dir
+
+
+OTHER_CLASSES = ("Biking", "Diving", "Fencing", "Punch", "Rowing")
+
+
+def test_export_dataset_json_comes_first(testdata_dir, tmp_path):
+  # data_dir's manifest says CLASSES and dis flow; the exports' dataset.json says otherwise.
+  data_dir = _write_manifest(tmp_path / "data")
+  rgb = _with_dataset_json(_export(tmp_path, "rgb", data_dir, seed=1))
+  flow = _with_dataset_json(_export(tmp_path, "flow", data_dir, seed=2))
+  stream = inference.load_stream(flow)
+  assert stream.classes == list(OTHER_CLASSES)
+  assert stream.class_source == os.path.join(flow, inference.DATASET_JSON)
+  assert stream.codec == video_inputs.ShardCodec(flow_format="png", flow_bound=15.0,
+                                                 flow_method="farneback",
+                                                 source=stream.class_source)
+  result = inference.predict_video(testdata_dir / "bad" / "truncated_30pct_v_Archery_g01_c01.avi",
+                                   f"{rgb},{flow}", top=2)
+  assert result["classes"] == list(OTHER_CLASSES)
+  assert result["streams"][1]["flow_method"] == "farneback"
+  assert result["streams"][1]["codec"]["flow_format"] == "png"
+  assert any("(72, 96)" in w and "input.frame_size is (64, 96)" in w for w in result["warnings"])
+
+
+def test_read_dataset_info(tmp_path):
+  assert inference.read_dataset_info(str(tmp_path)) is None
+  _with_dataset_json(str(tmp_path), flow=None)
+  info = inference.read_dataset_info(str(tmp_path))
+  assert info["classes"] == list(OTHER_CLASSES) and info["flow"] is None
+  _with_dataset_json(str(tmp_path), num_classes=4)
+  with pytest.raises(inference.PredictError, match="5 classes but num_classes=4"):
+    inference.read_dataset_info(str(tmp_path))
+  (tmp_path / inference.DATASET_JSON).write_text("[1, 2")
+  with pytest.raises(inference.PredictError, match="not readable JSON"):
+    inference.read_dataset_info(str(tmp_path))
 
 
 def test_read_class_names(tmp_path):
@@ -371,7 +557,7 @@ def test_cli_prints_top5_table(testdata_dir, exports, streams, tmp_path, jax_cac
   rows = [line.split() for line in lines[header + 1:header + 1 + TOP]]
   assert [r[0] for r in rows] == [str(i) for i in range(1, TOP + 1)]
   # Same ranking and scores as the in-process prediction of the same video.
-  expected = predict.predict_video(video, streams, [1.0, 1.5], "dis", top=TOP)
+  expected = inference.predict_video(video, streams, [1.0, 1.5], "dis", top=TOP)
   for row, dcw, ave in zip(rows, expected["top"]["dcw"], expected["top"]["ave"]):
     assert row[1:] == [dcw["class"], f"{dcw['score']:.4f}", ave["class"], f"{ave['score']:.4f}"]
   saved = json.loads(out_json.read_text())
@@ -383,3 +569,10 @@ def test_cli_corrupt_video_exits_with_the_file_name(testdata_dir, exports, jax_c
   proc = _run_cli([f"--video={video}", f"--checkpoint={exports['rgb']}"], jax_cache_dir)
   assert proc.returncode != 0
   assert video in proc.stderr and "Traceback" not in proc.stderr
+
+
+if __name__ == "__main__":
+  if sys.argv[1:] != ["--write-pinned"]:
+    raise SystemExit("usage: python -m tests.test_predict --write-pinned")
+  from tests.conftest import _testdata_path  # pylint: disable=import-outside-toplevel
+  write_pinned(_testdata_path())
