@@ -61,7 +61,7 @@ DEFAULT_SHARD_SIZE = 25
 # Time estimate: container headers of this many videos give the mean length; flow speed is
 # timed on this many frame pairs (fewer for TV-L1 on CPU, which is slow).
 ESTIMATE_SAMPLE_VIDEOS = 20
-ESTIMATE_PAIRS = {"tvl1": 2, "dis": 10, "farneback": 5, "tvl1_jax": 2}
+ESTIMATE_PAIRS = {"tvl1": 2, "dis": 10, "dis_fine": 5, "farneback": 5, "tvl1_jax": 2}
 # Tasks in flight per worker (bounds memory when frames are streamed from TFDS).
 TASKS_IN_FLIGHT_PER_WORKER = 4
 SECONDS_PER_HOUR = 3600.0

@@ -137,7 +137,8 @@ def _shift(image, dx, dy):
 
 # Median error allowed per method (px): DIS FAST estimates on a coarse patch grid (finest scale
 # 2) and is measured here at up to ~0.3 px off on a clean translation.
-@pytest.mark.parametrize("method, atol", [("dis", 0.4), ("farneback", 0.25), ("tvl1", 0.25)])
+@pytest.mark.parametrize("method, atol", [("dis", 0.4), ("dis_fine", 0.25), ("farneback", 0.25),
+                                          ("tvl1", 0.25)])
 def test_flow_methods_recover_a_translation(method, atol):
   base = _textured()
   frames = np.stack([_shift(base, 2 * t, -1 * t) for t in range(3)])  # (3, H, W)
@@ -145,6 +146,34 @@ def test_flow_methods_recover_a_translation(method, atol):
   assert field.shape == (2, 96, 128, 2) and field.dtype == np.float32  # n − 1 fields
   interior = field[:, 16:-16, 16:-16]
   np.testing.assert_allclose(np.median(interior, axis=(1, 2)), [[2, -1]] * 2, atol=atol)
+
+
+def _small_object_pair(dx, dy, side=24):
+  """Two 128x96 grey frames: a static textured background and a `side`-px textured square
+  moved by (dx, dy); returns (frames (2, H, W), the square's centre in frame 0)."""
+  rng = np.random.default_rng(3)
+  background = cv2.GaussianBlur(rng.integers(0, 256, (96, 128)).astype(np.uint8), (0, 0), 1.5)
+  texture = cv2.resize(rng.integers(0, 256, (side // 4, side // 4)).astype(np.uint8),
+                       (side, side), interpolation=cv2.INTER_NEAREST)
+  frames = []
+  for t in range(2):
+    frame = background.copy()
+    y, x = 36 + dy * t, 52 + dx * t
+    frame[y:y + side, x:x + side] = texture
+    frames.append(frame)
+  return np.stack(frames), (36 + side // 2, 52 + side // 2)
+
+
+def test_dis_fine_follows_a_small_object_that_dis_fast_blurs():
+  """At 128x96 DIS FAST's finest flow is 32x24; 'dis_fine' refines to full resolution and
+  follows a 24-px object moving (2, -1) px over a static background."""
+  frames, (cy, cx) = _small_object_pair(2, -1)
+  def object_motion(method):
+    field = flow_lib.compute_flow(frames, method)[0]
+    return np.median(field[cy - 4:cy + 4, cx - 4:cx + 4].reshape(-1, 2), axis=0)
+  np.testing.assert_allclose(object_motion("dis_fine"), [2, -1], atol=0.3)
+  assert np.linalg.norm(object_motion("dis") - [2, -1]) > np.linalg.norm(
+      object_motion("dis_fine") - [2, -1])
 
 
 def test_warped_flow_removes_a_camera_pan():
@@ -205,6 +234,8 @@ def test_tvl1_jax_is_called_in_fixed_size_batches(monkeypatch):
 
 def test_flow_params_are_recorded():
   assert flow_lib.flow_params("dis")["preset"] == "FAST"
+  fine = flow_lib.flow_params("dis_fine")
+  assert fine["preset"] == "MEDIUM" and fine["FinestScale"] == 0
   tvl1 = flow_lib.flow_params("tvl1")
   assert tvl1["Tau"] == pytest.approx(0.25) and tvl1["Lambda"] == pytest.approx(0.15)
   assert flow_lib.flow_params("farneback")["winsize"] == 15
