@@ -71,7 +71,8 @@ def make_dataset(workdir: str, seed: int) -> tuple[str, str]:
     options = prepare_lib.PrepareOptions(
         out=shards, dataset="ucf101", videos=os.path.join(videos, synthetic.VIDEOS_DIR),
         splits=os.path.join(videos, synthetic.SPLITS_DIR), split=1, modalities=STREAMS,
-        flow="dis", frame_width=width, frame_height=height, workers=os.cpu_count() or 1)
+        flow=demo_config.FLOW_METHOD, frame_width=width, frame_height=height,
+        workers=os.cpu_count() or 1)
     prepare_lib.prepare(options)
   return videos, shards
 
