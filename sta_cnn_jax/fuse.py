@@ -20,11 +20,12 @@ from absl import flags
 import numpy as np
 
 from sta_cnn_jax import metrics
+from sta_cnn_jax import modalities
 
-SCORES_FILE = "eval_scores.npz"
+SCORES_FILE = modalities.SCORES_FILE
 METHODS = ("ave", "dcw")
 # TSN's fusion weights RGB : flow (: warped flow); configurable with --weights.
-DEFAULT_WEIGHTS = (1.0, 1.5, 1.0)
+DEFAULT_WEIGHTS = tuple(modalities.FUSION_WEIGHTS[m] for m in modalities.MODALITIES)
 
 
 

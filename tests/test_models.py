@@ -19,7 +19,7 @@ from sta_cnn_jax.models import (STACNN, BNInception, SpatialAttentionNetwork,
                                 cross_modality_init, input_channels, is_frozen_bn_param)
 
 # ---------------------------------------------------------------------------------------
-# BN-Inception layer table, written out independently of bn_inception.py (DESIGN §1b and
+# BN-Inception layer table, written out independently of bn_inception.py (docs/design.md and
 # TSN's bn_inception: every conv has a bias and is followed by BN).
 # (name, kernel, in channels, out channels)
 STEM_TABLE = [('conv1_7x7_s2', 7, 3, 64), ('conv2_3x3_reduce', 1, 64, 64),
@@ -33,7 +33,7 @@ BLOCK_TABLE = {
     '5a': (1056, 352, 192, 320, 160, 224, 128), '5b': (1024, 352, 192, 320, 192, 224, 128),
 }
 PUBLISHED_PARAMS_1000 = 11_295_240  # shared/peer/bninception_torch.py, PyTorch parameters()
-PUBLISHED_CONV_BIASES = 10_016      # DESIGN §1b: redundant conv biases before BN
+PUBLISHED_CONV_BIASES = 10_016      # docs/design.md: redundant conv biases before BN
 FEATURES = 1024
 
 
