@@ -385,9 +385,11 @@ def eval_views(example: bytes, modality: str, frame_size: Sequence[int], num_seg
     with open(os.path.join(data_dir, input_pipeline.MANIFEST_NAME), "w") as f:
       json.dump({"modalities": [modality], "frame_size": list(frame_size),
                  "num_videos": {input_pipeline.EVAL_SPLIT: 1}}, f)
-    batches = input_pipeline.create_eval_dataset(
-        data_dir, modality=modality, split=input_pipeline.EVAL_SPLIT, num_segments=num_segments,
-        num_views=num_views, batch_size=1, num_devices=1, out_size=crop_size)
+    config = ml_collections.ConfigDict({
+        "data_dir": data_dir, "modality": modality, "eval_split": input_pipeline.EVAL_SPLIT,
+        "eval": {"num_segments": num_segments, "num_views": num_views, "batch_size": 1},
+        "input": {"crop_size": crop_size}})
+    batches = input_pipeline.create_eval_dataset(config, num_devices=1)
     batch = next(iter(batches))
   return np.asarray(batch["frames"][0, 0])  # (D=1, B=1, S, V, ...) -> (S, V, ...)
 
