@@ -185,7 +185,7 @@ def get_base_config(modality: str = 'rgb') -> ml_collections.ConfigDict:
   config.eval.num_segments = 25
   config.eval.num_views = 10
   config.eval.dcw_top_k = 15
-  config.eval.batch_size = 8                    # global, videos
+  config.eval.batch_size = 8                    # videos per batch on each host
   config.eval.at_end = True
 
   # Parallelism and precision.

@@ -180,8 +180,8 @@ def bninception_to_flax(state_dict: Mapping[str, Array], num_classes: Optional[i
   arrays = {k: state_dicts.coerce(originals[k], normalised[k], shape, shape_problems)
             for k, shape in expected.items() if k in normalised}
   if missing or unexpected or shape_problems or duplicates:
-    raise state_dicts.mismatch_error(source, f'BN-Inception ({kind})', missing, unexpected + duplicates,
-                 shape_problems)
+    raise state_dicts.mismatch_error(source, f'BN-Inception ({kind})', missing,
+                                     unexpected + duplicates, shape_problems)
 
   params: Tree = {}
   batch_stats: Tree = {}
@@ -193,19 +193,21 @@ def bninception_to_flax(state_dict: Mapping[str, Array], num_classes: Optional[i
       target = params if collection == 'params' else batch_stats
       target.setdefault(bn, {})[flax_name] = arrays[f'{bn}.{field}']
   if not drop_fc:
-    params[CLASSIFIER] = {'kernel': state_dicts.dense_kernel_to_flax(arrays[f'{CLASSIFIER}.weight']),
-                          'bias': arrays[f'{CLASSIFIER}.bias']}
+    fc_kernel = state_dicts.dense_kernel_to_flax(arrays[f'{CLASSIFIER}.weight'])
+    params[CLASSIFIER] = {'kernel': fc_kernel, 'bias': arrays[f'{CLASSIFIER}.bias']}
 
   conv1_name = bn_inception.STEM[0][0]
   if input_space == 'RGB':
     if ckpt_in != 3:
-      raise state_dicts.ConversionError(f'{source}: input_space=RGB needs a 3-channel conv1, got {ckpt_in}')
+      raise state_dicts.ConversionError(
+          f'{source}: input_space=RGB needs a 3-channel conv1, got {ckpt_in}')
     params[conv1_name]['kernel'] = np.ascontiguousarray(params[conv1_name]['kernel'][:, :, ::-1])
   target_in = in_channels or ckpt_in
   if target_in != ckpt_in:
     if ckpt_in != 3:
-      raise state_dicts.ConversionError(f'{source}: conv1 has {ckpt_in} input channels; cannot make '
-                            f'{target_in} (cross-modality init starts from 3 RGB channels)')
+      raise state_dicts.ConversionError(
+          f'{source}: conv1 has {ckpt_in} input channels; cannot make {target_in} '
+          '(cross-modality init starts from 3 RGB channels)')
     params = bn_inception.cross_modality_init(params, target_in)  # TSN, mean over RGB
 
   params = state_dicts.as_float32(params)

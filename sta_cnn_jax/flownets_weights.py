@@ -132,7 +132,8 @@ def flownets_to_flax(state_dict: Mapping[str, Array], source: str = '<state dict
   'conv6_1': {...}}`. Decoder keys (deconv*, predict_flow*, upsampled_flow*) are not used by
   STA-CNN's Expanded Part and are listed in `meta['ignored']`. The `flownets_bn` variant
   (conv without bias + BatchNorm) is folded into conv kernel and bias (exact in eval mode).
-  Note: STA-CNN's SAN runs conv6 with stride 1 (docs/design.md, "Interpretations"); the 3x3 kernel imports unchanged.
+  Note: STA-CNN's SAN runs conv6 with stride 1 (docs/design.md, "Interpretations"); the 3x3
+  kernel imports unchanged.
 
   The RGB stream feeds the SAN the same normalised 6 channels as the ACN. With
   `input_normalisation` (e.g. `BN_INCEPTION_INPUT`: BGR 0-255 minus [104, 117, 128]) conv1 is
@@ -168,7 +169,8 @@ def flownets_to_flax(state_dict: Mapping[str, Array], source: str = '<state dict
   for name in flownets_encoder_shapes():
     weight = arrays[f'{name}.0.weight']
     if batch_norm:
-      weight, bias = _fold_batch_norm(weight, *(arrays[f'{name}.1.{f}'] for f in state_dicts.BN_FIELDS))
+      bn = (arrays[f'{name}.1.{f}'] for f in state_dicts.BN_FIELDS)
+      weight, bias = _fold_batch_norm(weight, *bn)
     else:
       bias = arrays[f'{name}.0.bias']
     params[name] = {'kernel': state_dicts.conv_kernel_to_flax(weight), 'bias': bias}

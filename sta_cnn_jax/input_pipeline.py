@@ -235,8 +235,8 @@ def create_train_dataset(config: ml_collections.ConfigDict, *, start_step: int =
                       start_epoch=start_epoch, skip_in_epoch=skip_in_epoch,
                       shuffle_buffer=config.input.shuffle_buffer, modality=modality,
                       num_snippets=num_snippets)
-  ds = ds.map(lambda item: snippets.train_augment(item, modality=modality, num_snippets=num_snippets,
-                                          out_size=out_size, scales=scales),
+  ds = ds.map(lambda item: snippets.train_augment(
+      item, modality=modality, num_snippets=num_snippets, out_size=out_size, scales=scales),
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return _device_batches(ds, batch_size, num_devices, data_dir, split, files)
 

@@ -38,8 +38,8 @@ def graft(params_tree: Mapping[str, Any], converted: Mapping[str, Any],
   `jax.ShapeDtypeStruct`s from `jax.eval_shape`).
 
   Raises:
-    state_dicts.ConversionError: listing each converted path absent from the target and each shape mismatch
-      (expected = the model's shape, got = the converted one).
+    state_dicts.ConversionError: listing each converted path absent from the target and each
+      shape mismatch (expected = the model's shape, got = the converted one).
   """
   prefix = tuple(prefix)
   if _is_collections(params_tree) != _is_collections(converted):

@@ -88,8 +88,9 @@ def stack_snippet_channels(images, modality: str, num_snippets: int):
   """(P*K*T, *spatial, c) plane-major images -> (K, *spatial, C_in) snippets.
 
   Channels are frame-major: RGB [R0, G0, B0, R1, G1, B1]; flow [x0, y0, x1, y1, ..., y4]
-  (docs/design.md, "Shard format"). One transpose, done on the crops (train) or the views (eval): far cheaper
-  than concatenating 1-channel uint8 planes along the channel axis in TF's CPU kernels.
+  (docs/design.md, "Shard format"). One transpose, done on the crops (train) or the views
+  (eval): far cheaper than concatenating 1-channel uint8 planes along the channel axis in TF's
+  CPU kernels.
   """
   frames_per_snippet, _, channels = snippet_layout(modality)
   num_planes = len(MODALITY_FEATURES[modality])
