@@ -30,9 +30,9 @@ from configs import base as config_base
 from sta_cnn_jax import augment
 from sta_cnn_jax import input_pipeline as ip
 
-FRAME_H, FRAME_W = 256, 340  # TSN frame size (DESIGN.md §3)
+FRAME_H, FRAME_W = 256, 340  # TSN frame size (docs/design.md, "Interpretations")
 JPEG_QUALITY = 95  # cv2.imwrite default, used by TSN's dense_flow
-FLOW_BOUND = 20.0  # CONTRACT.md quantisation bound
+FLOW_BOUND = 20.0  # quantisation bound (docs/design.md, "Shard format")
 CLIP = (pathlib.Path(__file__).resolve().parents[2] / "shared" / "testdata" / "videos" /
         "other" / "mmaction2_tests_test.mp4")
 STRATEGIES = {"TS(3x3)": (3, 3), "TS(1,1)": (1, 1)}

@@ -20,6 +20,7 @@ import optax
 from sta_cnn_jax import checkpoints
 from sta_cnn_jax import input_pipeline
 from sta_cnn_jax import loop
+from sta_cnn_jax import modalities
 from sta_cnn_jax import losses
 from sta_cnn_jax import optim
 from sta_cnn_jax import parallel
@@ -28,8 +29,8 @@ from sta_cnn_jax.models import SpatialAttentionNetwork
 
 AXIS = parallel.AXIS_NAME
 SAN_PRETRAIN_DIR = 'san_pretrain'
-# The SAN sees both RGB frames of a snippet, stacked on channels.
-PAIR_CHANNELS = 2 * 3
+# The SAN sees both RGB frames of a snippet, stacked on channels (6).
+PAIR_CHANNELS = modalities.input_channels(modalities.RGB)
 
 
 def create_san_model(config: ml_collections.ConfigDict) -> SpatialAttentionNetwork:

@@ -503,17 +503,18 @@ def test_pretrain_san_cli_exports_a_graftable_san(tiny_dataset, tmp_path, jax_ca
 # ---------------------------------------------------------------------------------------------
 
 
-def _event_scalars(workdir) -> dict:
-  """{tag: [(step, value), ...]} of the TensorBoard event files in `workdir`."""
+def _event_scalars(workdir, prefix: str = 'eval/') -> dict:
+  """{tag: [(step, value), ...]} of the `prefix` scalars in `workdir`'s TensorBoard events."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   out = {}
   for name in sorted(os.listdir(workdir)):
     if name.startswith('events.out.tfevents'):
       for event in tf.compat.v1.train.summary_iterator(os.path.join(workdir, name)):
         for value in event.summary.value:
-          number = float(tf.make_ndarray(value.tensor)) if value.HasField('tensor') else (
-              value.simple_value)
-          out.setdefault(value.tag, []).append((event.step, number))
+          if value.tag.startswith(prefix):
+            number = (tf.make_ndarray(value.tensor).item() if value.HasField('tensor')
+                      else value.simple_value)
+            out.setdefault(value.tag, []).append((event.step, number))
   return out
 
 
