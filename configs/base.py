@@ -225,6 +225,18 @@ def get_base_config(modality: str = 'rgb') -> ml_collections.ConfigDict:
   return config
 
 
+def get_dataset_config(arg: str, dataset: str, num_classes: int,
+                       data_dir: str) -> ml_collections.ConfigDict:
+  """The config of '<modality>,<row>' (`parse_arg`) for one dataset: the shared recipe, the
+  dataset's fields, then the row."""
+  modality, row = parse_arg(arg)
+  config = get_base_config(modality)
+  config.dataset = dataset
+  config.num_classes = num_classes
+  config.data_dir = data_dir
+  return apply_row(config, row)
+
+
 def apply_row(config: ml_collections.ConfigDict, row: str) -> ml_collections.ConfigDict:
   """Sets the temporal strategy and attention switches of a table row (see module docstring)."""
   if row not in ROWS:
