@@ -26,6 +26,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from configs import base as config_base
 from sta_cnn_jax import augment
 from sta_cnn_jax import input_pipeline as ip
 
@@ -127,12 +128,19 @@ def _time_iterator(iterator, warmup, batches):
   return time.perf_counter() - start
 
 
+def _pipeline_config(data_dir, modality, out_size):
+  """The base config of `modality` reading `data_dir` with `out_size` crops, seed 0."""
+  config = config_base.get_base_config(modality)
+  config.data_dir, config.input.crop_size, config.seed = data_dir, out_size, 0
+  return config
+
+
 def bench_train(data_dir, modality, strategy, args):
   n, m = STRATEGIES[strategy]
-  iterator = ip.create_train_dataset(
-      data_dir, modality=modality, num_segments=n, snippets_per_segment=m,
-      batch_size=args.batch_size, num_devices=1, out_size=args.out_size, seed=0,
-      shuffle_buffer=args.batch_size * 2)
+  config = _pipeline_config(data_dir, modality, args.out_size)
+  config.temporal.num_segments, config.temporal.snippets_per_segment = n, m
+  config.batch_size, config.input.shuffle_buffer = args.batch_size, args.batch_size * 2
+  iterator = ip.create_train_dataset(config, process_index=0, process_count=1, num_devices=1)
   seconds = _time_iterator(iterator, args.warmup, args.batches)
   return args.batches * args.batch_size / seconds
 
@@ -178,8 +186,9 @@ def bench_decode_tfdata(data_dir, modality, strategy, args):
 
 def bench_eval(data_dir, args):
   batch = 2
-  iterator = ip.create_eval_dataset(data_dir, modality="rgb", batch_size=batch,
-                                    num_devices=1, out_size=args.out_size)
+  config = _pipeline_config(data_dir, "rgb", args.out_size)
+  config.eval.batch_size = batch
+  iterator = ip.create_eval_dataset(config, process_index=0, process_count=1, num_devices=1)
   count, start = 0, None
   for i, _ in enumerate(iterator):
     if i == 0:

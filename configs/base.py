@@ -1,4 +1,5 @@
-"""Shared STA-CNN training recipe (paper §4.1, TSN where the paper is silent; DESIGN.md §1).
+"""Shared STA-CNN training recipe (paper §4.1, TSN where the paper is silent;
+docs/design.md, "Interpretations").
 
 Every hyper-parameter the code reads is named here. Dataset files (ucf101.py, hmdb51.py, demo.py)
 call `get_base_config(modality)` and `apply_row(config, row)`; a config is selected on the command
@@ -17,30 +18,46 @@ temporal.snippets_per_segment, `top_n` = temporal.top_n (top_m when M > 1):
   sta_ts6_1, sta_ts9_3, sta_ts3x3_3x1   STA-CNN: both attentions (+ auxiliary loss).
 """
 
+import dataclasses
+
 import ml_collections
 
-MODALITIES = ('rgb', 'flow', 'warpflow')
+from sta_cnn_jax import modalities
 
-# name -> (N segments, M snippets per segment, top_n (top_m if M > 1), consensus,
-#          spatial attention, auxiliary classifier, paper name)
+MODALITIES = modalities.MODALITIES
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One experiment row: its temporal strategy and attention switches (the config fields)."""
+  num_segments: int                # N: temporal.num_segments
+  snippets_per_segment: int        # M: temporal.snippets_per_segment
+  top_n: int                       # temporal.top_n (top_m per segment when M > 1)
+  consensus: str                   # temporal.consensus: 'tam' (Algorithm 1) | 'average' (TSN)
+  paper_name: str                  # row_name
+  spatial_attention: bool = False  # model.spatial_attention (SAL + WSP, Eq. 7-9)
+  aux_classifier: bool = False     # model.aux_classifier (Eq. 5-6, the λ term of Eq. 10)
+
+
 ROWS = {
-    'baseline': (1, 1, 1, 'average', False, False, 'BN-Inception TS(1,1)'),
-    'tsn3': (3, 1, 3, 'average', False, False, 'TSN N=3 (average)'),
-    'tam_ts3_1': (3, 1, 1, 'tam', False, False, 'TAM-TS(3,1)'),
-    'tam_ts6_1': (6, 1, 1, 'tam', False, False, 'TAM-TS(6,1)'),
-    'tam_ts9_1': (9, 1, 1, 'tam', False, False, 'TAM-TS(9,1)'),
-    'tam_ts9_3': (9, 1, 3, 'tam', False, False, 'TAM-TS(9,3)'),
-    'tam_ts9_6': (9, 1, 6, 'tam', False, False, 'TAM-TS(9,6)'),
-    'tam_ts9_9': (9, 1, 9, 'tam', False, False, 'TAM-TS(9,9)'),
-    'tam_ts3x3_3x1': (3, 3, 1, 'tam', False, False, 'TAM-TS(3x3,3x1)'),
-    'tam_ts3x3_3x2': (3, 3, 2, 'tam', False, False, 'TAM-TS(3x3,3x2)'),
-    'tam_ts3x3_3x3': (3, 3, 3, 'tam', False, False, 'TAM-TS(3x3,3x3)'),
-    'sam_cnn1': (1, 1, 1, 'average', True, True, 'SAM-CNN1'),
-    'sam_cnn2': (3, 1, 3, 'average', True, False, 'SAM-CNN2'),
-    'sam_cnn3': (3, 1, 3, 'average', True, True, 'SAM-CNN3'),
-    'sta_ts6_1': (6, 1, 1, 'tam', True, True, 'STA-TS(6,1)'),
-    'sta_ts9_3': (9, 1, 3, 'tam', True, True, 'STA-TS(9,3)'),
-    'sta_ts3x3_3x1': (3, 3, 1, 'tam', True, True, 'STA-TS(3x3,3x1)'),
+    'baseline': Row(1, 1, 1, 'average', 'BN-Inception TS(1,1)'),
+    'tsn3': Row(3, 1, 3, 'average', 'TSN N=3 (average)'),
+    'tam_ts3_1': Row(3, 1, 1, 'tam', 'TAM-TS(3,1)'),
+    'tam_ts6_1': Row(6, 1, 1, 'tam', 'TAM-TS(6,1)'),
+    'tam_ts9_1': Row(9, 1, 1, 'tam', 'TAM-TS(9,1)'),
+    'tam_ts9_3': Row(9, 1, 3, 'tam', 'TAM-TS(9,3)'),
+    'tam_ts9_6': Row(9, 1, 6, 'tam', 'TAM-TS(9,6)'),
+    'tam_ts9_9': Row(9, 1, 9, 'tam', 'TAM-TS(9,9)'),
+    'tam_ts3x3_3x1': Row(3, 3, 1, 'tam', 'TAM-TS(3x3,3x1)'),
+    'tam_ts3x3_3x2': Row(3, 3, 2, 'tam', 'TAM-TS(3x3,3x2)'),
+    'tam_ts3x3_3x3': Row(3, 3, 3, 'tam', 'TAM-TS(3x3,3x3)'),
+    'sam_cnn1': Row(1, 1, 1, 'average', 'SAM-CNN1', spatial_attention=True, aux_classifier=True),
+    'sam_cnn2': Row(3, 1, 3, 'average', 'SAM-CNN2', spatial_attention=True),
+    'sam_cnn3': Row(3, 1, 3, 'average', 'SAM-CNN3', spatial_attention=True, aux_classifier=True),
+    'sta_ts6_1': Row(6, 1, 1, 'tam', 'STA-TS(6,1)', spatial_attention=True, aux_classifier=True),
+    'sta_ts9_3': Row(9, 1, 3, 'tam', 'STA-TS(9,3)', spatial_attention=True, aux_classifier=True),
+    'sta_ts3x3_3x1': Row(3, 3, 1, 'tam', 'STA-TS(3x3,3x1)', spatial_attention=True,
+                         aux_classifier=True),
 }
 
 # Paper §4.1 (RGB: lr 1e-3 ÷10 every 20 epochs, 50 epochs; flow: lr 5e-3 ÷10 every 120 epochs,
@@ -55,13 +72,9 @@ _RECIPE = {
 # TSN multi-scale crop scales (tsn-pytorch GroupMultiScaleCrop): RGB and flow.
 _SCALES = {'rgb': (1.0, 0.875, 0.75, 0.66), 'flow': (1.0, 0.875, 0.75)}
 
-# Caffe BN-Inception (TSN model zoo) input: BGR, 0-255, mean [104, 117, 128], no std; flow mean 128.
-_MEAN = {'rgb': (104.0, 117.0, 128.0), 'flow': (128.0,)}
-_STD = {'rgb': (1.0, 1.0, 1.0), 'flow': (1.0,)}
-
 
 def _recipe_key(modality: str) -> str:
-  return 'rgb' if modality == 'rgb' else 'flow'
+  return 'flow' if modalities.is_flow(modality) else 'rgb'
 
 
 def parse_arg(arg: str, default_modality: str = 'rgb') -> tuple[str, str]:
@@ -89,7 +102,7 @@ def get_base_config(modality: str = 'rgb') -> ml_collections.ConfigDict:
   recipe = _RECIPE[_recipe_key(modality)]
   config = ml_collections.ConfigDict()
 
-  # Dataset (TFRecord shards written by data_prep, see CONTRACT.md).
+  # Dataset (TFRecord shards written by data_prep; docs/design.md, "Shard format").
   config.dataset = ''
   config.data_dir = ''               # folder holding manifest.json and <split>-*.tfrecord
   config.split = 1                   # official split 1-3 (recorded; the shards hold one split)
@@ -147,16 +160,19 @@ def get_base_config(modality: str = 'rgb') -> ml_collections.ConfigDict:
   config.precise_bn = ml_collections.ConfigDict()
   config.precise_bn.num_batches = 0
 
-  # Input (DESIGN §3); frame_size is (H, W).
+  # Input (TSN's sampling and augmentation; docs/design.md, "Interpretations"); frame_size is
+  # (H, W).
   config.input = ml_collections.ConfigDict()
   # TSN's fixed augmentation choices (max aspect distortion 1, the 13 fixed crop offsets,
   # horizontal flip, snippet lengths) are constants of sta_cnn_jax/augment.py and sampling.py.
   config.input.frame_size = (256, 340)         # what data_prep resizes to; checked vs manifest
   config.input.crop_size = 224
   config.input.scales = _SCALES[_recipe_key(modality)]
-  config.input.mean = _MEAN[_recipe_key(modality)]
-  config.input.std = _STD[_recipe_key(modality)]
-  config.input.bgr = modality == 'rgb'
+  # Caffe BN-Inception (TSN model zoo) input: BGR, 0-255, mean [104, 117, 128], std 1; flow 128.
+  normalisation = modalities.default_normalisation(modality)
+  config.input.mean = normalisation['mean']
+  config.input.std = normalisation['std']
+  config.input.bgr = normalisation['bgr']
   config.input.shuffle_buffer = 512
   config.input.prefetch_to_device = 2
   # Shard integrity at training start: sizes and record counts are always checked against
@@ -169,10 +185,10 @@ def get_base_config(modality: str = 'rgb') -> ml_collections.ConfigDict:
   config.eval.num_segments = 25
   config.eval.num_views = 10
   config.eval.dcw_top_k = 15
-  config.eval.batch_size = 8                    # global, videos
+  config.eval.batch_size = 8                    # videos per batch on each host
   config.eval.at_end = True
 
-  # Parallelism and precision (DESIGN §2).
+  # Parallelism and precision.
   config.parallel = 'pmap'                      # 'pmap' | 'shard_map'
   config.dtype = 'float32'                      # 'float32' | 'bfloat16' (compute; params stay fp32)
 
@@ -209,19 +225,31 @@ def get_base_config(modality: str = 'rgb') -> ml_collections.ConfigDict:
   return config
 
 
+def get_dataset_config(arg: str, dataset: str, num_classes: int,
+                       data_dir: str) -> ml_collections.ConfigDict:
+  """The config of '<modality>,<row>' (`parse_arg`) for one dataset: the shared recipe, the
+  dataset's fields, then the row."""
+  modality, row = parse_arg(arg)
+  config = get_base_config(modality)
+  config.dataset = dataset
+  config.num_classes = num_classes
+  config.data_dir = data_dir
+  return apply_row(config, row)
+
+
 def apply_row(config: ml_collections.ConfigDict, row: str) -> ml_collections.ConfigDict:
   """Sets the temporal strategy and attention switches of a table row (see module docstring)."""
   if row not in ROWS:
     raise ValueError(f'unknown row {row!r}; expected one of {sorted(ROWS)}')
-  n, m, top_n, consensus, spatial, aux, name = ROWS[row]
+  spec = ROWS[row]
   config.row = row
-  config.row_name = name
-  config.temporal.num_segments = n
-  config.temporal.snippets_per_segment = m
-  config.temporal.top_n = top_n
-  config.temporal.consensus = consensus
-  config.model.spatial_attention = spatial
-  config.model.aux_classifier = aux
+  config.row_name = spec.paper_name
+  config.temporal.num_segments = spec.num_segments
+  config.temporal.snippets_per_segment = spec.snippets_per_segment
+  config.temporal.top_n = spec.top_n
+  config.temporal.consensus = spec.consensus
+  config.model.spatial_attention = spec.spatial_attention
+  config.model.aux_classifier = spec.aux_classifier
   return config
 
 

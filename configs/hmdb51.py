@@ -11,9 +11,4 @@ NUM_CLASSES = 51  # HMDB51 action classes
 
 
 def get_config(arg: str = 'rgb,sta_ts3x3_3x1') -> ml_collections.ConfigDict:
-  modality, row = base.parse_arg(arg)
-  config = base.get_base_config(modality)
-  config.dataset = 'hmdb51'
-  config.num_classes = NUM_CLASSES
-  config.data_dir = 'data/hmdb51_split1'
-  return base.apply_row(config, row)
+  return base.get_dataset_config(arg, 'hmdb51', NUM_CLASSES, 'data/hmdb51_split1')

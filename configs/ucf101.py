@@ -12,9 +12,4 @@ NUM_CLASSES = 101  # UCF101 classInd.txt
 
 
 def get_config(arg: str = 'rgb,sta_ts3x3_3x1') -> ml_collections.ConfigDict:
-  modality, row = base.parse_arg(arg)
-  config = base.get_base_config(modality)
-  config.dataset = 'ucf101'
-  config.num_classes = NUM_CLASSES
-  config.data_dir = 'data/ucf101_split1'
-  return base.apply_row(config, row)
+  return base.get_dataset_config(arg, 'ucf101', NUM_CLASSES, 'data/ucf101_split1')

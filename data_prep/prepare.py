@@ -48,12 +48,13 @@ from data_prep import process
 from data_prep import shards
 from data_prep import sources
 from data_prep import video as video_lib
-from data_prep.process import FLOW_MODALITIES
 from data_prep.shards import SkipRecord, VideoResult
 from data_prep.sources import VideoItem
+from sta_cnn_jax import modalities
 
 DATASETS = ("ucf101", "hmdb51", "list", "tfds", "synthetic")
-MODALITIES = ("rgb", "flow", "warpflow")
+MODALITIES = modalities.MODALITIES
+FLOW_MODALITIES = modalities.FLOW_MODALITIES
 RUNNERS = ("local", "beam")
 # Videos per shard: ~25 UCF101 videos at 340×256 with RGB + flow JPEGs ≈ 150–200 MB, the shard
 # size tf.data recommends (100–200 MB).

@@ -21,8 +21,9 @@ from data_prep import shards
 from data_prep import video as video_lib
 from data_prep.shards import SkipRecord, VideoResult
 from data_prep.sources import VideoItem
+from sta_cnn_jax import modalities
 
-FLOW_MODALITIES = ("flow", "warpflow")
+FLOW_MODALITIES = modalities.FLOW_MODALITIES
 # Flow pairs computed and encoded at a time (a multiple of every tvl1_jax batch), bounding memory.
 FLOW_CHUNK = 4 * max(flow_lib.TVL1_JAX_BATCH.values())
 

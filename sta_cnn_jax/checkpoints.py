@@ -1,11 +1,11 @@
-"""Checkpoints: Orbax manager for {state, rng, step}, shape-checked resume, inference export,
-and grafting of pretrained weights (ImageNet BN-Inception into 'acn', a pretrained SAN into
-'san').
+"""Checkpoints (Orbax): the manager for {state, rng, step}, shape-checked resume, and the
+inference export. (Grafting converted weights into a new state is pretrained.py.)
 
 Layout of a training workdir:
   <workdir>/checkpoints/<step>/   Orbax checkpoints (`save` / `restore_latest`)
-  <workdir>/export/               `export_inference`: variables/ (params + batch_stats) and
-                                  config.json
+  <workdir>/export/               `export_inference`: variables/ (params + batch_stats),
+                                  config.json and dataset.json (the dataset's classes and flow
+                                  settings, `load_dataset_info`)
 A checkpoint item is `{'state': flax state dict of the TrainState, 'rng': uint32 key data,
 'step': int64}`, all host numpy arrays (written once, by the primary host, in multi-host runs).
 
@@ -35,13 +35,14 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from sta_cnn_jax import convert
-from sta_cnn_jax.models import bn_inception
 
 CHECKPOINT_DIR = 'checkpoints'
 EXPORT_DIR = 'export'
 VARIABLES_DIR = 'variables'
 CONFIG_JSON = 'config.json'
+# Beside an export: the facts of the dataset it was trained on (`dataset_json`).
+DATASET_JSON = 'dataset.json'
+DATASET_KEYS = ('classes', 'num_classes', 'frame_size', 'modalities', 'rgb', 'flow')
 COLLECTIONS = ('params', 'batch_stats')
 # Where checkpoints that do not restore are moved (inside the checkpoint directory; Orbax only
 # lists folders named by a step number).
@@ -322,9 +323,21 @@ def last_checkpoint_note(manager: ocp.CheckpointManager) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def dataset_json(info: Mapping[str, Any]) -> dict:
+  """What an export records of its dataset (DATASET_KEYS of dataset_files.dataset_info:
+  'classes', 'num_classes', 'frame_size' [H, W], 'modalities', and 'rgb' / 'flow', the
+  manifest's JPEG and flow settings or None)."""
+  out = {key: info.get(key) for key in DATASET_KEYS}
+  if out['frame_size'] is not None:
+    out['frame_size'] = list(out['frame_size'])
+  return out
+
+
 def export_inference(variables_or_state: Any, config: ml_collections.ConfigDict,
-                     out_dir: str) -> str:
-  """Writes params + batch_stats (no optimizer state) and the config as JSON to `out_dir`.
+                     out_dir: str, dataset: Optional[Mapping[str, Any]] = None) -> str:
+  """Writes params + batch_stats (no optimizer state) and the config as JSON to `out_dir`, and
+  with `dataset` (dataset_files.dataset_info of the training data) DATASET_JSON beside them
+  (`dataset_json`).
 
   Accepts a TrainState (uses .params / .batch_stats) or a variables dict. Returns out_dir.
   """
@@ -343,7 +356,34 @@ def export_inference(variables_or_state: Any, config: ml_collections.ConfigDict,
   if jax.process_index() == 0:
     with open(os.path.join(out_dir, CONFIG_JSON), 'w') as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    if dataset is not None:
+      with open(os.path.join(out_dir, DATASET_JSON), 'w') as f:
+        json.dump(dataset_json(dataset), f, indent=2)
   return out_dir
+
+
+def load_dataset_info(export_dir: str) -> Optional[dict]:
+  """The DATASET_JSON an export carries (see `dataset_json`), or None for an export without
+  one (written before exports carried it, or a SAN pre-training export).
+
+  Raises:
+    ValueError naming the file when it is not a JSON object or its classes and num_classes
+    differ.
+  """
+  path = os.path.join(export_dir, DATASET_JSON)
+  if not os.path.isfile(path):
+    return None
+  try:
+    with open(path) as f:
+      info = json.load(f)
+  except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f'{path}: not readable JSON ({e})') from e
+  if not isinstance(info, dict):
+    raise ValueError(f'{path}: expected a JSON object, got {type(info).__name__}')
+  classes, count = info.get('classes'), info.get('num_classes')
+  if classes is not None and count is not None and len(classes) != int(count):
+    raise ValueError(f'{path}: {len(classes)} classes but num_classes={count}')
+  return info
 
 
 def load_inference(directory: str) -> tuple[dict, ml_collections.ConfigDict]:
@@ -365,63 +405,3 @@ def load_inference(directory: str) -> tuple[dict, ml_collections.ConfigDict]:
         '(--mode=export with its training --workdir, whose checkpoints are untouched)') from None
   variables = {k: variables.get(k, {}) for k in COLLECTIONS}
   return variables, config
-
-
-# ---------------------------------------------------------------------------------------------
-# Grafting pretrained weights.
-# ---------------------------------------------------------------------------------------------
-
-
-def _load_weights(path: str) -> dict:
-  """{'params', 'batch_stats'} from an inference export dir or a convert.py output."""
-  if os.path.isfile(os.path.join(path, CONFIG_JSON)):
-    variables, _ = load_inference(path)
-  else:
-    if not os.path.exists(path):
-      raise FileNotFoundError(f'{path}: weights not found (expected a convert.py .npz / Orbax '
-                              'directory or an export_inference directory)')
-    variables, _ = convert.load_converted(path)
-  return {k: v for k, v in variables.items() if k in COLLECTIONS and v}
-
-
-def graft_san_weights(variables: Mapping[str, Any], path: str) -> dict:
-  """Replaces variables['params']['san'] with a pretrained SAN (--mode=pretrain_san export or
-  convert.py --kind=flownets). Paths or shapes that do not fit raise, naming them."""
-  if 'san' not in variables.get('params', {}):
-    raise ValueError(f'init.san_weights={path!r} given but the model has no SAN '
-                     '(RGB stream with model.spatial_attention=True only)')
-  source = _load_weights(path)
-  source = {'params': source['params']}
-  logging.info('grafting SAN weights from %s', path)
-  return convert.graft(dict(variables), source, prefix=('san',))
-
-
-def graft_acn_weights(variables: Mapping[str, Any], path: str, modality: str,
-                      cross_modality: bool = True) -> dict:
-  """Places converted ImageNet BN-Inception weights under 'acn'.
-
-  The ImageNet classifier 'fc' is dropped when its shape differs from the model's (new
-  classes keep their N(0, 0.001) init). For flow streams a 3-channel conv1 is turned into a
-  10-channel one by TSN's cross-modality initialisation (mean over RGB, replicated) when
-  `cross_modality`; otherwise the mismatch is reported.
-  """
-  source = _load_weights(path)
-  target_params = variables['params']['acn']
-  params = dict(source['params'])
-  if 'fc' in params and (np.shape(params['fc']['kernel'])
-                         != tuple(target_params['fc']['kernel'].shape)):
-    logging.info('graft: dropping the pretrained classifier fc %s',
-                 np.shape(params['fc']['kernel']))
-    params.pop('fc')
-  source_stats = dict(source.get('batch_stats', {}))
-  conv1 = bn_inception.STEM[0][0]
-  want = target_params[conv1]['kernel'].shape[2]
-  have = np.shape(params[conv1]['kernel'])[2] if conv1 in params else want
-  if have != want and modality != 'rgb' and cross_modality:
-    logging.info('graft: cross-modality init of %s (%d -> %d input channels)', conv1, have, want)
-    params = dict(bn_inception.cross_modality_init(params, in_channels=want))
-  source = {'params': params}
-  if source_stats:
-    source['batch_stats'] = source_stats
-  logging.info('grafting ACN weights from %s', path)
-  return convert.graft(dict(variables), source, prefix=('acn',))

@@ -3,8 +3,13 @@
 Per video: one snippet at the centre of each of 25 equal segments, 10 views each (4 corners +
 centre and their flips, TSN's GroupOverSample); per segment the views' softmax scores are
 averaged, giving p(s_n) `(S, C)`; the video is scored by AVE (mean over segments) and DCW (the 15
-most confident segments weighted by α = 1/H). Reports top-1 and mean class accuracy for both, saves
-the confusion matrices and the per-video scores (for `sta_cnn_jax.fuse`) in the workdir.
+most confident segments weighted by α = 1/H). Reports top-1 and mean class accuracy for both (also
+to the metric writer, for TensorBoard), saves the confusion matrices and the per-video scores (for
+`sta_cnn_jax.fuse`) in the workdir.
+
+Multi-host: each process scores the videos of its own shards; `gather_segments` then collects every
+process's per-video scores (padded to one length, with a validity mask) so that every process
+computes the metrics of the whole split, and process 0 writes the files.
 """
 
 import json
@@ -18,12 +23,17 @@ import ml_collections
 import numpy as np
 import tqdm
 
+from jax.experimental import multihost_utils
+
 from sta_cnn_jax import input_pipeline
 from sta_cnn_jax import metrics
+from sta_cnn_jax import modalities
 from sta_cnn_jax import parallel
 from sta_cnn_jax.augment import EVAL_VIEW_NAMES
 
-SCORES_FILE = "eval_scores.npz"
+SCORES_FILE = modalities.SCORES_FILE
+# Per-video arrays every process contributes to the metrics (figures' frames stay local).
+GATHERED = ("label", "segment_probs", "attention")
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 # Attention maps of the centre view are kept for figures (paper Fig. 1/7 show the centre crop).
@@ -96,6 +106,49 @@ def predict_segments(variables, batches: Iterable[dict], step, *,
   }
 
 
+def _pad_to(x: np.ndarray, length: int) -> np.ndarray:
+  return np.concatenate([x, np.zeros((length - len(x),) + x.shape[1:], x.dtype)])
+
+
+def _encode_ids(ids: np.ndarray, width: int) -> np.ndarray:
+  """Video ids -> (N, width) uint8 (UTF-8, zero-padded), for a collective."""
+  out = np.zeros((len(ids), width), np.uint8)
+  for i, video_id in enumerate(ids):
+    data = str(video_id).encode()
+    out[i, :len(data)] = np.frombuffer(data, np.uint8)
+  return out
+
+
+def gather_segments(segments: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Every process's per-video results, concatenated in process order (multi-host eval).
+
+  Each process pads its arrays to the longest process's video count and all are gathered with
+  `multihost_utils.process_allgather`; the padding is dropped with the gathered counts (the
+  validity mask). 'frames' (for figures) stay this process's. One process: `segments` itself.
+  """
+  if jax.process_count() == 1:
+    return segments
+  count = len(segments["label"])
+  width = max([len(str(v).encode()) for v in segments["video_id"]] + [1])
+  counts, widths = multihost_utils.process_allgather(
+      (np.asarray(count, np.int64), np.asarray(width, np.int64)))
+  length, width = int(np.max(counts)), int(np.max(widths))
+  local = {k: _pad_to(np.asarray(segments[k]), length) for k in GATHERED}
+  local["video_id"] = _pad_to(_encode_ids(segments["video_id"], width), length)
+  gathered = multihost_utils.process_allgather(local)          # leaves (P, length, ...)
+  valid = np.arange(length)[None, :] < np.asarray(counts)[:, None]  # (P, length)
+  out = {k: np.asarray(v)[valid] for k, v in gathered.items()}
+  out["video_id"] = np.array([bytes(row).rstrip(b"\0").decode() for row in out["video_id"]])
+  out["frames"] = segments["frames"]
+  return out
+
+
+def eval_scalars(results: dict) -> dict[str, float]:
+  """{'eval/<method>_top1', 'eval/<method>_mean_class_accuracy'} for AVE and DCW."""
+  return {f"eval/{method}_{name}": float(value)
+          for method, values in results["metrics"].items() for name, value in values.items()}
+
+
 def score_videos(segments: dict[str, np.ndarray], num_classes: int,
                  dcw_top_k: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
   """Video scores (AVE, DCW) and the results dict: accuracies and confusion matrices."""
@@ -139,38 +192,42 @@ def write_results(workdir: str, name: str, results: dict) -> None:
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, variables, model, *,
-             keep_frames: int = 0, num_devices: Optional[int] = None) -> dict:
+             keep_frames: int = 0, num_devices: Optional[int] = None,
+             writer: Optional[Any] = None, step: int = 0) -> dict:
   """Runs the full test protocol on `config.data_dir`'s eval split and writes the results.
 
   Args:
     config: the training config (its `eval`, `input`, `modality` fields are used).
-    workdir: where the scores, results and confusion matrices go.
+    workdir: where the scores, results and confusion matrices go (written by process 0).
     variables: unreplicated {'params', 'batch_stats'}.
     model: the STACNN module the variables belong to.
-    keep_frames: centre-view frames of this many videos are returned for figures.
+    keep_frames: centre-view frames of this many videos (of this process) are returned for
+      figures.
+    writer: a clu metric writer: AVE / DCW top-1 and mean class accuracy go to it at `step`.
 
   Returns:
-    The results dict (also in results.json), with 'segments' (per-video arrays) added.
+    The results dict (also in results.json), over the videos of every process, with
+    'segments' (per-video arrays) added.
   """
   info = input_pipeline.dataset_info(config.data_dir)
   classes = info["classes"]
   mode = config.parallel
-  num_devices = num_devices or jax.local_device_count()
-  step = parallel.make_parallel_step(
+  step_fn = parallel.make_parallel_step(
       lambda v, f: eval_step(v, f, model=model, config=config), mode=mode, donate=False)
   replicated = parallel.replicate(variables, mode)
-  batches = input_pipeline.create_eval_dataset(
-      config.data_dir, modality=config.modality, split=config.eval_split,
-      num_segments=config.eval.num_segments, num_views=config.eval.num_views,
-      batch_size=config.eval.batch_size, num_devices=num_devices, out_size=config.input.crop_size,
-      process_index=jax.process_index(), process_count=jax.process_count())
-  segments = predict_segments(replicated, batches, step, keep_frames=keep_frames)
+  batches = input_pipeline.create_eval_dataset(config, num_devices=num_devices)
+  segments = gather_segments(predict_segments(replicated, batches, step_fn,
+                                              keep_frames=keep_frames))
   scores, results = score_videos(segments, len(classes), config.eval.dcw_top_k)
   results.update({"row": config.get("row", ""), "row_name": config.get("row_name", ""),
                   "modality": config.modality, "eval_split": config.eval_split})
-  os.makedirs(workdir, exist_ok=True)
-  save_scores(workdir, segments, scores, classes)
-  write_results(workdir, config.get("row_name", "") or config.get("row", "model"), results)
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    save_scores(workdir, segments, scores, classes)
+    write_results(workdir, config.get("row_name", "") or config.get("row", "model"), results)
+  if writer is not None:
+    writer.write_scalars(step, eval_scalars(results))
+    writer.flush()
   logging.info("eval %s: %s", config.get("row", ""), json.dumps(results["metrics"]))
   results["segments"] = segments
   return results

@@ -32,6 +32,7 @@ from sta_cnn_jax import input_pipeline
 from sta_cnn_jax import losses
 from sta_cnn_jax import mechanism
 from sta_cnn_jax import metrics
+from sta_cnn_jax import pretrain_san
 from sta_cnn_jax import train
 from sta_cnn_jax import visualize
 
@@ -64,8 +65,8 @@ def san_epe(config: ml_collections.ConfigDict, params: Any,
             batches: int = EPE_BATCHES) -> dict[str, float]:
   """Mean end-point error (px, at the Expanded Part's resolution) of the SAN's flow against the
   prepared flow on `batches` training batches, and the EPE of predicting zero flow."""
-  model = train.create_san_model(config)
-  iterator = train.create_san_pretrain_iter(config)
+  model = pretrain_san.create_san_model(config)
+  iterator = input_pipeline.create_san_pretrain_dataset(config)
 
   @jax.jit
   def errors(frames, flow):
@@ -83,14 +84,15 @@ def san_epe(config: ml_collections.ConfigDict, params: Any,
 
 def pretrain_san_with_epe(config: ml_collections.ConfigDict, workdir: str
                           ) -> tuple[str, dict[str, Any]]:
-  """Pre-trains the SAN of an RGB spatial-attention config (train.pretrain_san, resumes);
+  """Pre-trains the SAN of an RGB spatial-attention config (pretrain_san.pretrain_san, resumes);
   returns (export dir for init.san_weights, {'steps', 'epe_before', 'epe_after',
   'zero_flow_epe', 'seconds'})."""
-  model = train.create_san_model(config)
-  init = train.create_san_pretrain_state(jax.random.PRNGKey(config.seed), config, model).params
+  model = pretrain_san.create_san_model(config)
+  init = pretrain_san.create_san_pretrain_state(jax.random.PRNGKey(config.seed), config,
+                                                model).params
   before = san_epe(config, init)
   start = time.time()
-  export = train.pretrain_san(config, workdir)
+  export = pretrain_san.pretrain_san(config, workdir)
   seconds = time.time() - start
   after = san_epe(config, checkpoints.load_inference(export)[0]['params'])
   return export, {'seed': config.seed, 'steps': config.san_pretrain.num_steps,

@@ -22,13 +22,14 @@ from absl import flags
 import numpy as np
 
 from sta_cnn_jax import metrics
+from sta_cnn_jax import modalities
 
-SCORES_FILE = "eval_scores.npz"
+SCORES_FILE = modalities.SCORES_FILE
 METHODS = ("ave", "dcw")
-# TSN's fusion weight of each modality (RGB : flow : warped flow = 1 : 1.5 : 1); --weights
-# overrides them. DEFAULT_WEIGHTS: the same for streams given in that order.
-MODALITY_WEIGHTS = {"rgb": 1.0, "flow": 1.5, "warpflow": 1.0}
-DEFAULT_WEIGHTS = tuple(MODALITY_WEIGHTS.values())
+# TSN's fusion weight of each modality (RGB : flow : warped flow = 1 : 1.5 : 1, modalities.py);
+# --weights overrides them. DEFAULT_WEIGHTS: the same for streams given in that order.
+MODALITY_WEIGHTS = dict(modalities.FUSION_WEIGHTS)
+DEFAULT_WEIGHTS = tuple(MODALITY_WEIGHTS[m] for m in modalities.MODALITIES)
 
 
 def define_flags() -> None:

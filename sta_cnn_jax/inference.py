@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 from typing import Any, Optional, Sequence, Union
 
@@ -43,8 +42,8 @@ from sta_cnn_jax.video_inputs import ShardCodec
 
 METHODS = ("dcw", "ave")
 # The dataset facts `--mode=export` writes beside the weights: {"classes", "num_classes",
-# "frame_size", "modalities", "flow" (the manifest's "flow" entry or null)}.
-DATASET_JSON = "dataset.json"
+# "frame_size", "modalities", "rgb", "flow" (the manifest's entries or null)}.
+DATASET_JSON = checkpoints_lib.DATASET_JSON
 # data_prep.flow's default method (closest fast method to TV-L1), used when the stream's dataset
 # does not say which flow it was trained on.
 DEFAULT_FLOW_METHOD = "dis"
@@ -90,25 +89,16 @@ class Stream:
 
 
 def read_dataset_info(export_dir: str) -> Optional[dict]:
-  """`<export_dir>/dataset.json` (see DATASET_JSON), or None when the export has none.
+  """`<export_dir>/dataset.json` (checkpoints.load_dataset_info), or None when the export has
+  none.
 
   Raises:
     PredictError for a file that is not a JSON object or whose classes and num_classes differ.
   """
-  path = os.path.join(export_dir, DATASET_JSON)
-  if not os.path.isfile(path):
-    return None
   try:
-    with open(path) as f:
-      info = json.load(f)
-  except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise PredictError(f"{path}: not readable JSON ({e})") from e
-  if not isinstance(info, dict):
-    raise PredictError(f"{path}: expected a JSON object, got {type(info).__name__}")
-  classes, count = info.get("classes"), info.get("num_classes")
-  if classes is not None and count is not None and len(classes) != int(count):
-    raise PredictError(f"{path}: {len(classes)} classes but num_classes={count}")
-  return info
+    return checkpoints_lib.load_dataset_info(export_dir)
+  except ValueError as e:
+    raise PredictError(str(e)) from e
 
 
 def _resolve_export_dir(directory: str) -> str:

@@ -15,8 +15,9 @@ from ml_collections import config_flags
 import tensorflow as tf
 
 from sta_cnn_jax import checkpoints
-from sta_cnn_jax import input_pipeline
+from sta_cnn_jax import dataset_files
 from sta_cnn_jax import parallel
+from sta_cnn_jax import pretrain_san
 from sta_cnn_jax import train
 from sta_cnn_jax import workdir_lock
 
@@ -25,7 +26,7 @@ MODES = ('train', 'eval', 'pretrain_san', 'export')
 # damaged or missing data / checkpoints (FileNotFoundError: manifest, shards, no checkpoint), a
 # checkpoint that could not be written, and a busy workdir.
 INTEGRITY_ERRORS = (checkpoints.CheckpointCorruptError, checkpoints.CheckpointWriteError,
-                    input_pipeline.ShardIntegrityError, workdir_lock.WorkdirLockedError,
+                    dataset_files.ShardIntegrityError, workdir_lock.WorkdirLockedError,
                     FileNotFoundError)
 
 FLAGS = flags.FLAGS
@@ -52,7 +53,7 @@ def main(argv):
     elif FLAGS.mode == 'eval':
       train.evaluate_checkpoint(config, workdir)
     elif FLAGS.mode == 'pretrain_san':
-      out = train.pretrain_san(config, workdir)
+      out = pretrain_san.pretrain_san(config, workdir)
       logging.info('SAN exported to %s (set --config.init.san_weights=%s)', out, out)
     else:
       logging.info('exported to %s', train.export(config, workdir))

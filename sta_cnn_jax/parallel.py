@@ -1,4 +1,5 @@
-"""Data parallelism in one place: `jax.pmap` or `jax.jit` + `jax.shard_map` (DESIGN §2).
+"""Data parallelism in one place: `jax.pmap` or `jax.jit` + `jax.shard_map`
+(docs/design.md, "Interpretations").
 
 The train and eval steps are per-device functions that use `lax.pmean(..., 'batch')` for
 gradients, metrics and BatchNorm statistics. `make_parallel_step` wraps such a function for

@@ -66,7 +66,7 @@ def precise_batch_stats(state: Any, config: ml_collections.ConfigDict,
   """Equal-weight average of `num_batches` batches' BN statistics (host numpy tree).
 
   state: the (unreplicated) train state; batches: device-placed training batches as the train
-  step gets them (`train.prefetch(train.create_input_iter(...))`).
+  step gets them (`loop.prefetch(input_pipeline.create_train_dataset(...))`).
   """
   step = parallel.make_parallel_step(
       functools.partial(batch_statistics, state.apply_fn, config=config, dtype=dtype), mode,

@@ -22,14 +22,13 @@ NumPy reference fed the same `uniform`.
 
 import tensorflow as tf
 
-# Frames a snippet spans, and the `new_length` TSN reserves when choosing offsets.
-# RGB: frame i (ACN input) and i+1 (the SAN's second frame, docs/design.md "Interpretations");
-# TSN new_length=1.
-RGB_FRAMES_PER_SNIPPET = 2
-RGB_NEW_LENGTH = 1
-# Flow: 5 stacked fields (TSN `new_length=5` for Flow), 2 planes (x, y) each -> 10 channels.
-FLOW_FRAMES_PER_SNIPPET = 5
-FLOW_NEW_LENGTH = 5
+from sta_cnn_jax import modalities
+
+# Frames a snippet spans, and the `new_length` TSN reserves when choosing offsets (modalities.py).
+RGB_FRAMES_PER_SNIPPET = modalities.RGB_FRAMES_PER_SNIPPET
+RGB_NEW_LENGTH = modalities.RGB_NEW_LENGTH
+FLOW_FRAMES_PER_SNIPPET = modalities.FLOW_FRAMES_PER_SNIPPET
+FLOW_NEW_LENGTH = modalities.FLOW_NEW_LENGTH
 
 
 def _randint(uniform, high):

@@ -3,7 +3,7 @@ r"""A video file -> one stream's eval views, through the eval pipeline's own per
 Per stream (paper §4.1 test protocol):
 
 1. every frame is decoded (data_prep.video) and resized to the stream's frame size (`Video`);
-2. TSN test sampling (input_pipeline.eval_snippet_indices) takes one snippet at the centre of
+2. TSN test sampling (snippets.eval_snippet_indices) takes one snippet at the centre of
    each of S segments, over the n frames (RGB) or the n-1 flow fields (flow, warped flow);
 3. the video becomes the tf.train.Example a shard would hold (docs/design.md, "Shard format";
    data_prep.shards.encode_example), in memory: the sampled RGB frames JPEG-encoded; the sampled
@@ -11,7 +11,7 @@ Per stream (paper §4.1 test protocol):
    'warpflow'), quantised to uint8 and encoded as x / y planes (encode_flow_planes) with the
    bound, format and quality of the stream's dataset (`ShardCodec`). List entries the sampling
    does not read stay empty;
-4. that Example goes through input_pipeline.eval_views_from_example, the per-video map of the
+4. that Example goes through snippets.eval_views_from_example, the per-video map of the
    eval dataset (parse, sampling, decode, GroupOverSample views, channel stacking), so the
    network sees exactly what `--mode=eval` feeds it: `(S, V, crop, crop, C_in)` uint8.
 """
@@ -26,7 +26,7 @@ import numpy as np
 from data_prep import flow as flow_lib
 from data_prep import shards as shards_lib
 from data_prep import video as video_lib
-from sta_cnn_jax import input_pipeline
+from sta_cnn_jax import snippets
 
 FLOW_MODALITIES = ("flow", "warpflow")
 # RGB frames are always JPEG in the shards (data_prep.prepare.process_video); flow planes are
@@ -149,7 +149,7 @@ def video_example(frames: np.ndarray, modality: str, num_segments: int, codec: S
 
   Only what the test sampling reads is computed. The other list entries are empty strings,
   never decoded by the pipeline: were its sampling ever to differ from
-  input_pipeline.eval_snippet_indices, decoding one fails loudly instead of feeding made-up
+  snippets.eval_snippet_indices, decoding one fails loudly instead of feeding made-up
   frames.
 
   Args:
@@ -166,7 +166,7 @@ def video_example(frames: np.ndarray, modality: str, num_segments: int, codec: S
   """
   n, height, width = frames.shape[:3]
   flow = modality in FLOW_MODALITIES
-  indices = input_pipeline.eval_snippet_indices(n - 1 if flow else n, modality, num_segments)
+  indices = snippets.eval_snippet_indices(n - 1 if flow else n, modality, num_segments)
   features = {"video_id": VIDEO_ID, "label": 0, "height": height, "width": width,
               "num_frames": n, "num_flow": n - 1 if flow else 0}
   if flow:
@@ -190,7 +190,7 @@ def stream_views(video: Video, modality: str, frame_size: tuple[int, int], crop_
   gray = video.grey(frame_size) if modality in FLOW_MODALITIES else None
   example, indices, fallbacks = video_example(frames, modality, num_segments, codec, gray=gray,
                                               flow_method=flow_method)
-  views = input_pipeline.eval_views_from_example(
+  views = snippets.eval_views_from_example(
       example, modality=modality, num_segments=num_segments, num_views=num_views,
       out_size=crop_size)
   return {"views": views, "indices": indices, "thumbnails": frames[indices[:, 0]],

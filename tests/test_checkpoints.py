@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from sta_cnn_jax import checkpoints, convert, train
+from sta_cnn_jax import checkpoints, optim, pretrained, state_dicts, train
 from sta_cnn_jax.models import BNInception, SpatialAttentionNetwork, bn_inception
 from tests.train_utils import StandIn, tiny_config
 
@@ -18,7 +18,7 @@ def _standin_state(num_classes=3, seed=0, config=None):
   variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, 32, 32, 6)), train=False))(
       jax.random.PRNGKey(seed))
   return train.TrainState.create(apply_fn=model.apply, params=variables['params'],
-                                 tx=train.create_optimizer(config, optax.constant_schedule(0.1)),
+                                 tx=optim.create_optimizer(config, optax.constant_schedule(0.1)),
                                  batch_stats=variables['batch_stats'])
 
 
@@ -136,6 +136,13 @@ def test_export_and_load_inference(tmp_path):
   assert loaded.row == config.row and tuple(loaded.model.san_widths) == tuple(
       config.model.san_widths)
   assert 'opt_state' not in variables
+  assert checkpoints.load_dataset_info(out) is None  # exported without its dataset
+  info = {'classes': ['a', 'b'], 'num_classes': 2, 'frame_size': (64, 80),
+          'modalities': ['rgb'], 'flow': None, 'dataset': 'x', 'num_videos': {'test': 1}}
+  checkpoints.export_inference(state, config, out, dataset=info)
+  assert checkpoints.load_dataset_info(out) == {
+      'classes': ['a', 'b'], 'num_classes': 2, 'frame_size': [64, 80], 'modalities': ['rgb'],
+      'flow': None}
   with pytest.raises(FileNotFoundError, match='not an inference export'):
     checkpoints.load_inference(str(tmp_path))
 
@@ -151,13 +158,13 @@ def test_graft_acn_with_cross_modality_init(tmp_path):
       k, jnp.zeros((1, 64, 64, 3)), train=False), jax.random.PRNGKey(0))
   converted = _random_like(dict(imagenet), 1)
   path = tmp_path / 'bninception.npz'
-  convert.save_converted(path, converted, {'kind': 'test'})
+  state_dicts.save_converted(path, converted, {'kind': 'test'})
 
   config = tiny_config(row='flow,sta_ts6_1')
   model = train.create_model(config, 2)
   target = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 64, 64, 10)), train=False),
                           jax.random.PRNGKey(0))
-  grafted = checkpoints.graft_acn_weights(dict(target), str(path), 'flow')
+  grafted = pretrained.graft_acn_weights(dict(target), str(path), 'flow')
   conv1 = grafted['params']['acn']['conv1_7x7_s2']['kernel']
   rgb_conv1 = converted['params']['conv1_7x7_s2']['kernel']           # (7, 7, 3, 64)
   assert conv1.shape == (7, 7, 10, 64)
@@ -171,8 +178,8 @@ def test_graft_acn_with_cross_modality_init(tmp_path):
   assert isinstance(grafted['params']['acn']['fc']['kernel'], jax.ShapeDtypeStruct)
   assert grafted['params']['acn']['fc']['kernel'].shape == (1024, 2)
   # Without cross-modality init the channel mismatch is an error naming the path.
-  with pytest.raises(convert.ConversionError, match='acn/conv1_7x7_s2/kernel'):
-    checkpoints.graft_acn_weights(dict(target), str(path), 'flow', cross_modality=False)
+  with pytest.raises(state_dicts.ConversionError, match='acn/conv1_7x7_s2/kernel'):
+    pretrained.graft_acn_weights(dict(target), str(path), 'flow', cross_modality=False)
 
 
 def test_graft_san_from_pretrain_export(tmp_path):
@@ -184,7 +191,7 @@ def test_graft_san_from_pretrain_export(tmp_path):
   model = train.create_model(config, 2)
   target = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 64, 64, 6)), train=False),
                           jax.random.PRNGKey(0))
-  grafted = checkpoints.graft_san_weights(dict(target), export)
+  grafted = pretrained.graft_san_weights(dict(target), export)
   for a, b in zip(jax.tree_util.tree_leaves(grafted['params']['san']),
                   jax.tree_util.tree_leaves(san_params)):
     np.testing.assert_array_equal(a, b)
@@ -195,14 +202,14 @@ def test_graft_san_from_pretrain_export(tmp_path):
   narrow_target = jax.eval_shape(
       lambda k: narrow_model.init(k, jnp.zeros((1, 64, 64, 6)), train=False),
       jax.random.PRNGKey(0))
-  with pytest.raises(convert.ConversionError, match=r'san/conv1/kernel: expected \(7, 7, 6, 8\)'):
-    checkpoints.graft_san_weights(dict(narrow_target), export)
+  with pytest.raises(state_dicts.ConversionError, match=r'san/conv1/kernel: expected \(7, 7, 6, 8\)'):
+    pretrained.graft_san_weights(dict(narrow_target), export)
   flow_model = train.create_model(tiny_config(row='flow,sta_ts6_1'), 2)
   flow_target = jax.eval_shape(
       lambda k: flow_model.init(k, jnp.zeros((1, 64, 64, 10)), train=False),
       jax.random.PRNGKey(0))
   with pytest.raises(ValueError, match='has no SAN'):
-    checkpoints.graft_san_weights(dict(flow_target), export)
+    pretrained.graft_san_weights(dict(flow_target), export)
 
 
 def test_partial_bn_first_bn_is_the_only_trainable_bn():

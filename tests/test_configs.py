@@ -2,6 +2,8 @@
 carries the §4.1 recipe, overrides from the command line, and initialises a model (shapes only,
 jax.eval_shape)."""
 
+import hashlib
+import json
 import re
 
 import jax
@@ -25,6 +27,49 @@ EXPECTED_ROWS = {
 
 def test_rows_are_the_papers():
   assert set(base.ROWS) == EXPECTED_ROWS
+
+
+# ROWS as they were stored before they had named fields: (N, M, top_n, consensus, spatial
+# attention, auxiliary classifier, paper name).
+POSITIONAL_ROWS = {
+    'baseline': (1, 1, 1, 'average', False, False, 'BN-Inception TS(1,1)'),
+    'tsn3': (3, 1, 3, 'average', False, False, 'TSN N=3 (average)'),
+    'tam_ts3_1': (3, 1, 1, 'tam', False, False, 'TAM-TS(3,1)'),
+    'tam_ts6_1': (6, 1, 1, 'tam', False, False, 'TAM-TS(6,1)'),
+    'tam_ts9_1': (9, 1, 1, 'tam', False, False, 'TAM-TS(9,1)'),
+    'tam_ts9_3': (9, 1, 3, 'tam', False, False, 'TAM-TS(9,3)'),
+    'tam_ts9_6': (9, 1, 6, 'tam', False, False, 'TAM-TS(9,6)'),
+    'tam_ts9_9': (9, 1, 9, 'tam', False, False, 'TAM-TS(9,9)'),
+    'tam_ts3x3_3x1': (3, 3, 1, 'tam', False, False, 'TAM-TS(3x3,3x1)'),
+    'tam_ts3x3_3x2': (3, 3, 2, 'tam', False, False, 'TAM-TS(3x3,3x2)'),
+    'tam_ts3x3_3x3': (3, 3, 3, 'tam', False, False, 'TAM-TS(3x3,3x3)'),
+    'sam_cnn1': (1, 1, 1, 'average', True, True, 'SAM-CNN1'),
+    'sam_cnn2': (3, 1, 3, 'average', True, False, 'SAM-CNN2'),
+    'sam_cnn3': (3, 1, 3, 'average', True, True, 'SAM-CNN3'),
+    'sta_ts6_1': (6, 1, 1, 'tam', True, True, 'STA-TS(6,1)'),
+    'sta_ts9_3': (9, 1, 3, 'tam', True, True, 'STA-TS(9,3)'),
+    'sta_ts3x3_3x1': (3, 3, 1, 'tam', True, True, 'STA-TS(3x3,3x1)'),
+}
+# sha256 of every ucf101 / hmdb51 config (all modalities and rows, JSON with sorted keys),
+# taken before ROWS got named fields. Change it only with a deliberate change of the recipe.
+CONFIGS_SHA256 = '1af01997bb96c72b5ac3eca288c83f747a5430b7754e2ef8310449b9e789e2d0'
+
+
+def test_named_rows_set_what_the_positional_table_did():
+  for row, (n, m, top_n, consensus, spatial, aux, name) in POSITIONAL_ROWS.items():
+    c = ucf101.get_config(f'rgb,{row}')
+    assert (c.temporal.num_segments, c.temporal.snippets_per_segment, c.temporal.top_n,
+            c.temporal.consensus, c.model.spatial_attention, c.model.aux_classifier,
+            c.row_name) == (n, m, top_n, consensus, spatial, aux, name), row
+
+
+def test_every_config_string_builds_the_same_config():
+  blob = json.dumps({
+      f'{name}:{modality},{row}': json.loads(
+          module.get_config(f'{modality},{row}').to_json_best_effort(sort_keys=True))
+      for name, (module, _) in DATASETS.items() for modality in base.MODALITIES
+      for row in ALL_ROWS}, sort_keys=True)
+  assert hashlib.sha256(blob.encode()).hexdigest() == CONFIGS_SHA256
 
 
 def _parse_paper_name(name):

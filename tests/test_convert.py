@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sta_cnn_jax import convert
+from sta_cnn_jax import (bninception_weights, convert, flownets_weights, pretrained,
+                         state_dicts)
 from sta_cnn_jax.models import STACNN
 from sta_cnn_jax.models import san
 
@@ -123,7 +124,7 @@ def bni_state(model_shapes):
 
 @pytest.fixture(scope='module')
 def bni_converted(bni_state):
-  return convert.bninception_to_flax(bni_state, drop_fc=False)
+  return bninception_weights.bninception_to_flax(bni_state, drop_fc=False)
 
 
 @pytest.fixture(scope='module')
@@ -145,7 +146,7 @@ def flownets_state(model_shapes):
 # BN-Inception.
 # ---------------------------------------------------------------------------------------------
 def test_key_table_matches_model_and_published_count(bni_state):
-  expected = convert.bninception_state_shapes(in_channels=3, num_classes=1000)
+  expected = bninception_weights.bninception_state_shapes(in_channels=3, num_classes=1000)
   from_model = {k: v.shape for k, v in bni_state.items() if not k.endswith('num_batches_tracked')}
   assert expected == from_model
   running = sum(int(np.prod(s)) for k, s in expected.items() if '.running_' in k)
@@ -164,7 +165,7 @@ def test_conv_kernel_layout_matches_pytorch_cross_correlation(bni_state, bni_con
   # A one-hot asymmetric kernel (tap at row 0, column 2 of input channel 1): no flip, no swap.
   weight = np.zeros((2, 3, 3, 3), np.float32)
   weight[1, 1, 0, 2] = 1.0
-  kernel = convert.conv_kernel_to_flax(weight)
+  kernel = state_dicts.conv_kernel_to_flax(weight)
   x = rng.standard_normal((1, 5, 6, 3)).astype(np.float32)
   got = flax_conv(kernel, np.zeros(2, np.float32), x, 1, 1)
   np.testing.assert_allclose(nchw(got), torch_conv2d(nchw(x), weight, np.zeros(2), 1, 1),
@@ -174,7 +175,7 @@ def test_conv_kernel_layout_matches_pytorch_cross_correlation(bni_state, bni_con
 
 def test_every_layer_lands_in_the_right_field(bni_state, bni_converted):
   params, batch_stats, _ = bni_converted
-  for name, (out, cin, kh, kw) in convert.bninception_conv_shapes().items():
+  for name, (out, cin, kh, kw) in bninception_weights.bninception_conv_shapes().items():
     kernel = params[name]['kernel']
     assert kernel.shape == (kh, kw, cin, out), name
     o, c, i, j = out - 1, cin // 2, kh - 1, 0
@@ -185,7 +186,7 @@ def test_every_layer_lands_in_the_right_field(bni_state, bni_converted):
     np.testing.assert_array_equal(params[bn]['bias'], bni_state[f'{bn}.bias'])
     np.testing.assert_array_equal(batch_stats[bn]['mean'], bni_state[f'{bn}.running_mean'])
     np.testing.assert_array_equal(batch_stats[bn]['var'], bni_state[f'{bn}.running_var'])
-  assert set(batch_stats) == {n + '_bn' for n in convert.bninception_conv_shapes()}
+  assert set(batch_stats) == {n + '_bn' for n in bninception_weights.bninception_conv_shapes()}
 
 
 def test_batchnorm_and_fc_match_pytorch_eval(bni_state, bni_converted):
@@ -193,7 +194,7 @@ def test_batchnorm_and_fc_match_pytorch_eval(bni_state, bni_converted):
   rng = np.random.default_rng(3)
   bn = 'inception_4c_double_3x3_1_bn'
   x = rng.standard_normal((2, 3, 3, params[bn]['scale'].shape[0])).astype(np.float32)
-  got = nn.BatchNorm(use_running_average=True, epsilon=convert.BN_EPSILON).apply(
+  got = nn.BatchNorm(use_running_average=True, epsilon=bninception_weights.BN_EPSILON).apply(
       {'params': params[bn], 'batch_stats': batch_stats[bn]}, x)
   want = torch_batchnorm_eval(nchw(x), *(bni_state[f'{bn}.{f}'] for f in
                                          ('weight', 'bias', 'running_mean', 'running_var')))
@@ -234,7 +235,7 @@ def test_published_spellings_convert_identically(bni_state, bni_converted, spell
         blob = {'weight': 0, 'bias': 1, 'running_mean': 2, 'running_var': 3}[field]
         key = f'{_caffe_name(layer)}/{blob}'
     state[key] = value
-  params, batch_stats, meta = convert.bninception_to_flax(state, drop_fc=False,
+  params, batch_stats, meta = bninception_weights.bninception_to_flax(state, drop_fc=False,
                                                           kind='bninception_caffe')
   want_params, want_stats, _ = bni_converted
   for tree, want in ((params, want_params), (batch_stats, want_stats)):
@@ -247,7 +248,7 @@ def test_published_spellings_convert_identically(bni_state, bni_converted, spell
 
 
 def test_drop_fc_and_meta(bni_state):
-  params, _, meta = convert.bninception_to_flax(bni_state)  # drop_fc=True by default
+  params, _, meta = bninception_weights.bninception_to_flax(bni_state)  # drop_fc=True by default
   assert 'fc' not in params
   assert {'fc.weight', 'fc.bias'} <= set(meta['ignored'])
   assert meta['fc'] == 'dropped' and meta['in_channels'] == 3
@@ -263,8 +264,8 @@ def test_missing_unexpected_and_shape_errors_are_listed_together(bni_state):
     del state[key]
   state['inception_3b_3x3.weight'] = np.zeros((96, 64, 5, 5), np.float32)
   state['extra_head.weight'] = np.zeros((3, 3), np.float32)
-  with pytest.raises(convert.ConversionError) as err:
-    convert.bninception_to_flax(state, source='ckpt.npz')
+  with pytest.raises(state_dicts.ConversionError) as err:
+    bninception_weights.bninception_to_flax(state, source='ckpt.npz')
   message = str(err.value)
   assert message.startswith('ckpt.npz')
   for key in removed + ['extra_head.weight']:
@@ -273,14 +274,14 @@ def test_missing_unexpected_and_shape_errors_are_listed_together(bni_state):
 
 
 def test_kept_fc_must_have_num_classes(bni_state):
-  with pytest.raises(convert.ConversionError, match=r'fc\.weight: expected shape \(7, 1024\), '
+  with pytest.raises(state_dicts.ConversionError, match=r'fc\.weight: expected shape \(7, 1024\), '
                      r'got \(1000, 1024\)'):
-    convert.bninception_to_flax(bni_state, num_classes=7, drop_fc=False)
+    bninception_weights.bninception_to_flax(bni_state, num_classes=7, drop_fc=False)
 
 
 def test_rgb_input_space_and_cross_modality(bni_state, bni_converted):
   params_bgr = bni_converted[0]
-  params_rgb, _, meta = convert.bninception_to_flax(bni_state, input_space='RGB')
+  params_rgb, _, meta = bninception_weights.bninception_to_flax(bni_state, input_space='RGB')
   assert meta['normalisation']['input_space'] == 'RGB'
   rng = np.random.default_rng(4)
   rgb = rng.uniform(0, 255, (1, 16, 16, 3)).astype(np.float32)
@@ -289,7 +290,7 @@ def test_rgb_input_space_and_cross_modality(bni_state, bni_converted):
   np.testing.assert_allclose(
       conv(params_rgb, rgb - np.array(meta['normalisation']['mean'], np.float32)),
       conv(params_bgr, bgr - np.array([104, 117, 128], np.float32)), atol=1e-2, rtol=1e-5)
-  params_flow, _, meta = convert.bninception_to_flax(bni_state, in_channels=10)
+  params_flow, _, meta = bninception_weights.bninception_to_flax(bni_state, in_channels=10)
   kernel = params_flow['conv1_7x7_s2']['kernel']
   assert kernel.shape == (7, 7, 10, 64) and meta['normalisation']['mean'] == [128.0]
   mean_rgb = bni_state['conv1_7x7_s2.weight'].mean(axis=1)  # (O, kh, kw)
@@ -303,13 +304,13 @@ def test_rgb_input_space_and_cross_modality(bni_state, bni_converted):
 def test_npz_round_trip_and_meta_file(tmp_path, bni_state, bni_converted):
   source = tmp_path / 'bn_inception.npz'
   np.savez(source, **bni_state)
-  state = convert.load_state_dict(source)
+  state = state_dicts.load_state_dict(source)
   assert state.keys() == bni_state.keys()
   out = tmp_path / 'out' / 'acn.npz'
   meta = convert.convert_file('bninception', source, out, drop_fc=False)
-  variables, meta_read = convert.load_converted(out)
+  variables, meta_read = state_dicts.load_converted(out)
   assert meta_read == json.loads(json.dumps(meta))
-  assert convert.meta_path(out) == tmp_path / 'out' / 'acn.meta.json'
+  assert state_dicts.meta_path(out) == tmp_path / 'out' / 'acn.meta.json'
   assert meta_read['normalisation']['mean'] == [104.0, 117.0, 128.0]
   want = {'params': bni_converted[0], 'batch_stats': bni_converted[1]}
   flat, flat_want = traverse_util.flatten_dict(variables), traverse_util.flatten_dict(want)
@@ -323,7 +324,7 @@ def test_orbax_output(tmp_path, flownets_state):
   np.savez(source, **flownets_state)
   out = tmp_path / 'san_ckpt'
   convert.convert_file('flownets', source, out)
-  variables, meta = convert.load_converted(out)
+  variables, meta = state_dicts.load_converted(out)
   assert meta['kind'] == 'flownets' and out.is_dir()
   np.testing.assert_array_equal(variables['params']['conv3_1']['kernel'],
                                 flownets_state['conv3_1.0.weight'].transpose(2, 3, 1, 0))
@@ -352,23 +353,23 @@ def test_pth_without_torch_is_a_clear_error(tmp_path):
     pytest.skip('torch is installed; the no-torch message cannot be observed')
   path = tmp_path / 'flownets_EPE1.951.pth.tar'
   path.write_bytes(b'not read')
-  with pytest.raises(convert.ConversionError, match=r'torch.*\.npz') as err:
-    convert.load_state_dict(path)
+  with pytest.raises(state_dicts.ConversionError, match=r'torch.*\.npz') as err:
+    state_dicts.load_state_dict(path)
   assert str(path) in str(err.value)
 
 
 def test_npz_with_pickled_objects_is_refused(tmp_path):
   path = tmp_path / 'evil.npz'
   np.savez(path, payload=np.array([{'a': 1}], dtype=object))
-  with pytest.raises(convert.ConversionError, match='evil.npz'):
-    convert.load_state_dict(path)
+  with pytest.raises(state_dicts.ConversionError, match='evil.npz'):
+    state_dicts.load_state_dict(path)
 
 
 # ---------------------------------------------------------------------------------------------
 # FlowNetS.
 # ---------------------------------------------------------------------------------------------
 def test_flownets_encoder_imported_decoder_ignored(flownets_state, model_shapes):
-  params, meta = convert.flownets_to_flax(flownets_state)
+  params, meta = flownets_weights.flownets_to_flax(flownets_state)
   assert list(params) == [name for name, _, _ in san.ENCODER_LAYERS]
   assert sorted(meta['ignored']) == sorted(FLOWNETS_DECODER)
   assert meta['normalisation']['input_space'] == 'RGB'
@@ -379,7 +380,7 @@ def test_flownets_encoder_imported_decoder_ignored(flownets_state, model_shapes)
   want = torch_conv2d(nchw(x), flownets_state['conv1.0.weight'], flownets_state['conv1.0.bias'],
                       2, 3)
   np.testing.assert_allclose(nchw(got), want, atol=ATOL, rtol=1e-4)
-  grafted = convert.graft(model_shapes['params'], params, prefix=('san',))
+  grafted = pretrained.graft(model_shapes['params'], params, prefix=('san',))
   np.testing.assert_array_equal(grafted['san']['conv6_1']['bias'],
                                 flownets_state['conv6_1.0.bias'])
   assert isinstance(grafted['san']['expand1']['kernel'], jax.ShapeDtypeStruct)  # kept
@@ -388,8 +389,8 @@ def test_flownets_encoder_imported_decoder_ignored(flownets_state, model_shapes)
 def test_flownets_missing_and_wrong_shape(flownets_state):
   state = {('module.' + k): v for k, v in flownets_state.items() if k != 'conv4_1.0.bias'}
   state['module.conv2.0.weight'] = np.zeros((128, 64, 3, 3), np.float32)
-  with pytest.raises(convert.ConversionError) as err:
-    convert.flownets_to_flax(state, source='flownets.npz')
+  with pytest.raises(state_dicts.ConversionError) as err:
+    flownets_weights.flownets_to_flax(state, source='flownets.npz')
   message = str(err.value)
   assert 'conv4_1.0.bias' in message and 'deconv5' not in message
   assert 'expected shape (128, 64, 5, 5), got (128, 64, 3, 3)' in message
@@ -398,14 +399,14 @@ def test_flownets_missing_and_wrong_shape(flownets_state):
 def test_flownets_bn_variant_is_folded_exactly():
   rng = np.random.default_rng(6)
   state = {}
-  for name, (out, cin, kh, kw) in convert.flownets_encoder_shapes().items():
+  for name, (out, cin, kh, kw) in flownets_weights.flownets_encoder_shapes().items():
     state[f'{name}.0.weight'] = _random(rng, (out, cin, kh, kw)) * 0.05
     state[f'{name}.1.weight'] = _random(rng, (out,), positive=True)
     state[f'{name}.1.bias'] = _random(rng, (out,))
     state[f'{name}.1.running_mean'] = _random(rng, (out,))
     state[f'{name}.1.running_var'] = _random(rng, (out,), positive=True)
     state[f'{name}.1.num_batches_tracked'] = np.zeros((), np.int64)
-  params, meta = convert.flownets_to_flax(state)
+  params, meta = flownets_weights.flownets_to_flax(state)
   assert meta['batch_norm_folded']
   x = rng.standard_normal((1, 8, 8, 64)).astype(np.float32)
   got = flax_conv(params['conv2']['kernel'], params['conv2']['bias'], x, 2, 2)
@@ -416,9 +417,9 @@ def test_flownets_bn_variant_is_folded_exactly():
 
 
 def test_adapt_first_conv_to_bninception_input(flownets_state):
-  params, meta = convert.flownets_to_flax(flownets_state,
-                                          input_normalisation=convert.BN_INCEPTION_INPUT)
-  original, _ = convert.flownets_to_flax(flownets_state)
+  params, meta = flownets_weights.flownets_to_flax(flownets_state,
+                                          input_normalisation=bninception_weights.BN_INCEPTION_INPUT)
+  original, _ = flownets_weights.flownets_to_flax(flownets_state)
   assert meta['normalisation']['input_space'] == 'BGR'
   rng = np.random.default_rng(7)
   pixels = rng.uniform(0, 255, (1, 24, 24, 6)).astype(np.float32)  # two RGB frames
@@ -437,7 +438,7 @@ def test_bninception_normalisation_is_what_the_input_pipeline_does():
   from sta_cnn_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(8)
   pixels = rng.integers(0, 256, (2, 4, 4, 6), dtype=np.uint8)  # two RGB frames per snippet
-  norm = convert.BN_INCEPTION_INPUT
+  norm = bninception_weights.BN_INCEPTION_INPUT
   assert norm['input_space'] == 'BGR' and norm['input_range'] == [0, 255]
   bgr = np.concatenate([pixels[..., 2::-1], pixels[..., 5:2:-1]], axis=-1).astype(np.float32)
   want = (bgr - np.tile(norm['mean'], 2)) / np.tile(norm['std'], 2)
@@ -449,8 +450,8 @@ def test_bninception_normalisation_is_what_the_input_pipeline_does():
 # Grafting.
 # ---------------------------------------------------------------------------------------------
 def test_graft_variables_and_errors(model_shapes, bni_state):
-  params, batch_stats, _ = convert.bninception_to_flax(bni_state)  # new classifier kept
-  grafted = convert.graft(model_shapes, {'params': params, 'batch_stats': batch_stats})
+  params, batch_stats, _ = bninception_weights.bninception_to_flax(bni_state)  # new classifier kept
+  grafted = pretrained.graft(model_shapes, {'params': params, 'batch_stats': batch_stats})
   acn = grafted['params']['acn']
   np.testing.assert_array_equal(acn['inception_5a_3x3']['kernel'],
                                 params['inception_5a_3x3']['kernel'])
@@ -465,11 +466,11 @@ def test_graft_variables_and_errors(model_shapes, bni_state):
                                              'bias': params['conv2_3x3']['bias']},
                           extra={'kernel': np.zeros((1,), np.float32)}),
            'batch_stats': batch_stats}
-  with pytest.raises(convert.ConversionError) as err:
-    convert.graft(model_shapes, wrong)
+  with pytest.raises(state_dicts.ConversionError) as err:
+    pretrained.graft(model_shapes, wrong)
   message = str(err.value)
   assert 'params/acn/extra/kernel' in message
   assert 'params/acn/conv2_3x3/kernel: expected (3, 3, 64, 192) (model), got (3, 3, 64, 100)' \
       in message
-  with pytest.raises(convert.ConversionError, match='both'):
-    convert.graft(model_shapes, params)
+  with pytest.raises(state_dicts.ConversionError, match='both'):
+    pretrained.graft(model_shapes, params)

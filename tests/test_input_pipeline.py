@@ -18,10 +18,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from configs import base as config_base
 from sta_cnn_jax import augment
+from sta_cnn_jax import dataset_files
 from sta_cnn_jax import input_pipeline as ip
 from tests import test_sampling as ref
 from tests.conftest import run_multidevice
+from tests.train_utils import set_fields
 
 HEIGHT, WIDTH, OUT = 48, 64, 32
 POS_SCALE = 4  # G = 4*y, B = 4*x
@@ -105,10 +108,21 @@ def data_dir(tmp_path_factory):
                        {"train": TRAIN_FRAMES, "test": TEST_FRAMES})
 
 
-def train_iter(data_dir, modality="rgb", n=3, m=3, batch=2, devices=1, seed=0, **kw):
-  return ip.create_train_dataset(data_dir, modality=modality, num_segments=n,
-                                 snippets_per_segment=m, batch_size=batch,
-                                 num_devices=devices, out_size=OUT, seed=seed, **kw)
+def pipeline_config(data_dir, modality="rgb", **fields):
+  """The base config of `modality` reading `data_dir` with OUT-pixel crops; `fields` set
+  dotted config fields ('temporal.num_segments': 2, ...)."""
+  config = config_base.get_base_config(modality if modality in ip.MODALITIES else "rgb")
+  config.modality, config.data_dir, config.input.crop_size = modality, str(data_dir), OUT
+  return set_fields(config, fields)
+
+
+def train_iter(data_dir, modality="rgb", n=3, m=3, batch=2, devices=1, seed=0,
+               process_index=0, process_count=1, start_step=0):
+  """Training batches of `batch` videos per host."""
+  config = pipeline_config(data_dir, modality, seed=seed, batch_size=batch * process_count,
+                           **{"temporal.num_segments": n, "temporal.snippets_per_segment": m})
+  return ip.create_train_dataset(config, start_step=start_step, process_index=process_index,
+                                 process_count=process_count, num_devices=devices)
 
 
 def take(iterator, count):
@@ -234,7 +248,7 @@ def test_train_batch_shapes(data_dir, devices):
   per_device = 4 // devices
   assert batch["frames"].shape == (devices, per_device, 2, OUT, OUT, 6)
   assert batch["label"].shape == (devices, per_device) and batch["label"].dtype == np.int32
-  with pytest.raises(ValueError, match="multiple of num_devices"):
+  with pytest.raises(ValueError, match="batch_size=3 is not divisible by the 2 devices"):
     train_iter(data_dir, batch=3, devices=2)
 
 
@@ -273,9 +287,17 @@ def test_train_hosts_read_disjoint_videos(data_dir):
 # ---------------------------------------------------------------- eval
 
 
+def eval_iter(data_dir, modality="rgb", batch=2, devices=1, num_segments=25, num_views=10,
+              out_size=OUT, process_index=0, process_count=1):
+  config = pipeline_config(data_dir, modality, **{
+      "eval.batch_size": batch, "eval.num_segments": num_segments, "eval.num_views": num_views,
+      "input.crop_size": out_size})
+  return ip.create_eval_dataset(config, process_index=process_index,
+                                process_count=process_count, num_devices=devices)
+
+
 def eval_batches(data_dir, modality="rgb", batch=2, devices=1, **kw):
-  return list(ip.create_eval_dataset(data_dir, modality=modality, batch_size=batch,
-                                     num_devices=devices, out_size=OUT, **kw))
+  return list(eval_iter(data_dir, modality, batch, devices, **kw))
 
 
 def test_eval_rgb_views_exact(data_dir):
@@ -346,8 +368,7 @@ def test_eval_multihost_padding_same_steps(tmp_path):
 def test_eval_out_size_too_large(tmp_path):
   data_dir = write_dataset(tmp_path / "d", {"test": (4,)}, num_shards=1)
   with pytest.raises(ValueError, match="exceeds the frame size"):
-    ip.create_eval_dataset(data_dir, modality="rgb", batch_size=1, num_devices=1,
-                           out_size=HEIGHT + 1)
+    eval_iter(data_dir, batch=1, out_size=HEIGHT + 1)
 
 
 # ---------------------------------------------------------------- shards and errors
@@ -356,17 +377,19 @@ def test_eval_out_size_too_large(tmp_path):
 def test_host_shards_disjoint_and_covering():
   files = [f"train-{i:05d}" for i in range(7)]
   for count in range(1, 8):
-    parts = [ip.host_shards(files, h, count) for h in range(count)]
+    parts = [dataset_files.host_shards(files, h, count) for h in range(count)]
     assert sorted(sum(parts, [])) == files
     for h, part in enumerate(parts):
       assert all(files.index(f) % count == h for f in part)
   with pytest.raises(ValueError, match="gets no shard"):
-    ip.host_shards(files, 7, 8)
+    dataset_files.host_shards(files, 7, 8)
 
 
-def test_count_records(data_dir):
-  files = ip.find_shards(data_dir, "train")
-  assert [ip.count_records(f) for f in files] == [2, 2, 2]
+def test_records_per_file_from_the_manifest_or_counted(data_dir):
+  files = dataset_files.find_shards(data_dir, "train")
+  assert dataset_files.records_per_file(files, {}) == [2, 2, 2]  # counted (old manifests)
+  counts = {os.path.basename(f): 5 for f in files}
+  assert dataset_files.records_per_file(files, {"shard_num_videos": counts}) == [5, 5, 5]
 
 
 def test_missing_shards_and_manifest(tmp_path, data_dir):
@@ -385,8 +408,7 @@ def test_wrong_modality(tmp_path, data_dir):
   rgb_only = write_dataset(tmp_path / "rgb", {"test": (4,)}, num_shards=1,
                            modalities=("rgb",))
   with pytest.raises(ValueError, match="'flow' not in the shards"):
-    ip.create_eval_dataset(rgb_only, modality="flow", batch_size=1, num_devices=1,
-                           out_size=OUT)
+    eval_iter(rgb_only, modality="flow", batch=1)
 
 
 def test_video_without_frames_names_the_video(tmp_path):
@@ -436,16 +458,14 @@ def test_real_jpeg_frames_eval_center_crop(tmp_path, testdata_dir):
                "num_videos": {"test": 1}}, f)
   out = 224
   (y, x) = ref.np_fill_fix_offset(False, 320, 240, out, out)[4]
-  batch = next(ip.create_eval_dataset(str(tmp_path / "real"), modality="rgb", num_segments=3,
-                                      batch_size=1, num_devices=1, out_size=out))
+  batch = next(eval_iter(tmp_path / "real", batch=1, num_segments=3, out_size=out))
   want_idx = ref.np_test_indices(6, 3, 1)
   for s, i in enumerate(want_idx):
     frame = cv2.cvtColor(cv2.imread(str(folder / f"img_{i + 1:05d}.jpg")), cv2.COLOR_BGR2RGB)
     got = batch["frames"][0, 0, s, 4, ..., :3].astype(int)
     # Same libjpeg accurate IDCT as OpenCV / PIL: bit-exact.
     np.testing.assert_array_equal(got, frame[y:y + out, x:x + out])
-  flow = next(ip.create_eval_dataset(str(tmp_path / "real"), modality="flow", num_segments=1,
-                                     batch_size=1, num_devices=1, out_size=out))
+  flow = next(eval_iter(tmp_path / "real", "flow", batch=1, num_segments=1, out_size=out))
   fx = cv2.imread(str(folder / "x_00001.jpg"), cv2.IMREAD_GRAYSCALE)[y:y + out, x:x + out]
   got_x, got_x_flip = flow["frames"][0, 0, 0, 4, ..., 0], flow["frames"][0, 0, 0, 9, ..., 0]
   np.testing.assert_array_equal(got_x, fx)
@@ -479,16 +499,16 @@ def test_normalize_rgb_and_flow_vs_numpy():
 
 
 @pytest.mark.multidevice
-def test_prefetch_to_device_feeds_pmap():
+def test_prefetch_feeds_pmap():
   out = run_multidevice("""
     import jax, numpy as np
-    from sta_cnn_jax import input_pipeline as ip
+    from sta_cnn_jax import loop
     d = jax.local_device_count()
     batches = [{'frames': np.full((d, 2, 3), i, np.uint8), 'label': np.arange(2 * d).reshape(d, 2),
                 'video_id': np.array([[b'a', b'b']] * d, dtype=object)} for i in range(3)]
     total = jax.pmap(lambda f, l: jax.lax.psum(f.astype('float32').sum() + l.sum(), 'batch'),
                      axis_name='batch')
-    for i, b in enumerate(ip.prefetch_to_device(iter(batches), 2)):
+    for i, b in enumerate(loop.prefetch(iter(batches), 2, 'pmap')):
       assert isinstance(b['video_id'], np.ndarray) and b['video_id'].dtype == object
       assert len(b['frames'].sharding.device_set) == d
       assert float(total(b['frames'], b['label'])[0]) == i * 6 * d + sum(range(2 * d))

@@ -19,7 +19,8 @@ import jax
 import numpy as np
 import pytest
 
-from sta_cnn_jax import checkpoints, input_pipeline, predict, train, workdir_lock
+from sta_cnn_jax import (checkpoints, dataset_files, input_pipeline, predict, train,
+                         workdir_lock)
 from tests.train_utils import (REPO_ROOT, TEST_CROP, cache_env, jax_cache_dir,  # noqa: F401
                                run_python, standin_create_model, tiny_config, tiny_dataset)
 from tests.test_checkpoints import _perturbed, _standin_state
@@ -63,12 +64,12 @@ def _files(root):
 
 
 def test_verify_shards_names_each_damage_and_the_repair_command(shards_copy):
-  files = input_pipeline.verify_shards(str(shards_copy), 'train')
+  files = dataset_files.verify_shards(str(shards_copy), 'train')
   assert [os.path.basename(f) for f in files] == [
       f'train-rgb+flow-{i:05d}-of-00004.tfrecord' for i in range(4)]
   _truncate(shards_copy / TRAIN_SHARD)
-  with pytest.raises(input_pipeline.ShardIntegrityError) as err:
-    input_pipeline.verify_shards(str(shards_copy), 'train')
+  with pytest.raises(dataset_files.ShardIntegrityError) as err:
+    dataset_files.verify_shards(str(shards_copy), 'train')
   message = str(err.value)
   assert '\n' not in message
   assert f'{shards_copy / TRAIN_SHARD} (truncated: ' in message
@@ -76,7 +77,7 @@ def test_verify_shards_names_each_damage_and_the_repair_command(shards_copy):
   ((path, reason),) = err.value.damaged
   assert path == str(shards_copy / TRAIN_SHARD) and reason.startswith('truncated: ')
   # The other split is intact.
-  assert input_pipeline.verify_shards(str(shards_copy), 'test')
+  assert dataset_files.verify_shards(str(shards_copy), 'test')
 
 
 def test_verify_shards_same_size_damage_needs_checksums(shards_copy):
@@ -84,39 +85,39 @@ def test_verify_shards_same_size_damage_needs_checksums(shards_copy):
   data = bytearray(path.read_bytes())
   data[len(data) // 2] ^= 0xFF  # inside a record: size and framing unchanged
   path.write_bytes(bytes(data))
-  input_pipeline.verify_shards(str(shards_copy), 'train')  # the cheap check cannot see it
-  with pytest.raises(input_pipeline.ShardIntegrityError, match=r'SHA-256 mismatch') as err:
-    input_pipeline.verify_shards(str(shards_copy), 'train', checksums=True)
+  dataset_files.verify_shards(str(shards_copy), 'train')  # the cheap check cannot see it
+  with pytest.raises(dataset_files.ShardIntegrityError, match=r'SHA-256 mismatch') as err:
+    dataset_files.verify_shards(str(shards_copy), 'train', checksums=True)
   assert err.value.damaged == [(str(path), 'content differs (SHA-256 mismatch)')]
 
 
 def test_verify_shards_missing_unlisted_and_edited_manifest(shards_copy):
   original = (shards_copy / TRAIN_SHARD).read_bytes()
   (shards_copy / TRAIN_SHARD).unlink()
-  with pytest.raises(input_pipeline.ShardIntegrityError,
+  with pytest.raises(dataset_files.ShardIntegrityError,
                      match=re.escape(TRAIN_SHARD) + r' \(missing\).*repair: python -m '
                            r'data_prep.prepare'):
-    input_pipeline.verify_shards(str(shards_copy), 'train')
+    dataset_files.verify_shards(str(shards_copy), 'train')
   (shards_copy / TRAIN_SHARD).write_bytes(original)
   shutil.copy(shards_copy / TRAIN_SHARD, shards_copy / 'train-extra.tfrecord')
-  with pytest.raises(input_pipeline.ShardIntegrityError,
+  with pytest.raises(dataset_files.ShardIntegrityError,
                      match=r'train-extra.tfrecord \(not listed in manifest.json\)'):
-    input_pipeline.verify_shards(str(shards_copy), 'train')
+    dataset_files.verify_shards(str(shards_copy), 'train')
   (shards_copy / 'train-extra.tfrecord').unlink()
   manifest = json.loads((shards_copy / 'manifest.json').read_text())
   manifest['num_videos']['train'] += 1
   (shards_copy / 'manifest.json').write_text(json.dumps(manifest))
-  with pytest.raises(input_pipeline.ShardIntegrityError,
+  with pytest.raises(dataset_files.ShardIntegrityError,
                      match=r"manifest.json \(its per-shard record counts of 'train' add up to 8, "
                            r"not num_videos=9"):
-    input_pipeline.verify_shards(str(shards_copy), 'train')
+    dataset_files.verify_shards(str(shards_copy), 'train')
   # A size edited in the manifest: the shard still matches data_prep's summary, so the
   # manifest is named, not the shard.
   manifest['num_videos']['train'] -= 1
   manifest['shard_bytes'][TRAIN_SHARD] += 10
   (shards_copy / 'manifest.json').write_text(json.dumps(manifest))
-  with pytest.raises(input_pipeline.ShardIntegrityError) as err:
-    input_pipeline.verify_shards(str(shards_copy), 'train')
+  with pytest.raises(dataset_files.ShardIntegrityError) as err:
+    dataset_files.verify_shards(str(shards_copy), 'train')
   ((path, reason),) = err.value.damaged
   assert path == str(shards_copy / 'manifest.json')
   assert reason.startswith(f'its record of {TRAIN_SHARD} differs from the summary data_prep '
@@ -127,17 +128,18 @@ def test_verify_shards_missing_unlisted_and_edited_manifest(shards_copy):
 def test_read_error_during_a_run_names_the_shard(shards_copy, monkeypatch):
   """The shard is damaged after the start-of-run verification: tf.data's DataLossError (which
   names no file) becomes a ShardReadError naming it."""
-  verify = input_pipeline.verify_shards
+  verify = dataset_files.verify_shards
 
   def verify_then_damage(*args, **kwargs):
     files = verify(*args, **kwargs)
     _truncate(shards_copy / TRAIN_SHARD, 0.7)
     return files
 
-  monkeypatch.setattr(input_pipeline, 'verify_shards', verify_then_damage)
-  batches = input_pipeline.create_train_dataset(
-      str(shards_copy), modality='rgb', num_segments=1, snippets_per_segment=1, batch_size=2,
-      num_devices=1, out_size=TEST_CROP, shuffle_buffer=8)
+  monkeypatch.setattr(dataset_files, 'verify_shards', verify_then_damage)
+  config = tiny_config(shards_copy, row='rgb,baseline', batch_size=2,
+                       **{'input.shuffle_buffer': 8})
+  batches = input_pipeline.create_train_dataset(config, process_index=0, process_count=1,
+                                                num_devices=1)
   with pytest.raises(input_pipeline.ShardReadError) as err:
     for _ in range(8):
       next(batches)
@@ -151,7 +153,7 @@ def test_training_names_a_damaged_shard_before_writing(shards_copy, tmp_path, mo
   monkeypatch.setattr(train, 'create_model', standin_create_model)
   _truncate(shards_copy / TRAIN_SHARD)
   workdir = tmp_path / 'wd'
-  with pytest.raises(input_pipeline.ShardIntegrityError, match=re.escape(TRAIN_SHARD)):
+  with pytest.raises(dataset_files.ShardIntegrityError, match=re.escape(TRAIN_SHARD)):
     train.train_and_evaluate(_loop_config(shards_copy), str(workdir))
   assert sorted(os.listdir(workdir)) == [workdir_lock.LOCK_NAME]  # no checkpoint, no summary
 
@@ -159,17 +161,17 @@ def test_training_names_a_damaged_shard_before_writing(shards_copy, tmp_path, mo
 def test_read_error_mid_run_stops_and_keeps_the_last_checkpoint(tiny_dataset, tmp_path,  # noqa: F811
                                                                 monkeypatch, jax_cache_dir):  # noqa: F811
   monkeypatch.setattr(train, 'create_model', standin_create_model)
-  create = train.create_input_iter
+  create = input_pipeline.create_train_dataset
   damaged = [(str(tiny_dataset / TRAIN_SHARD), 'truncated: 1 of 2 bytes')]
 
-  def failing_iter(config, start_step=0, **kwargs):
-    real = create(config, start_step, **kwargs)
+  def failing_iter(config, **kwargs):
+    real = create(config, **kwargs)
     for _ in range(3):
       yield next(real)
     raise input_pipeline.ShardReadError('read error (truncated record at 7): 1 damaged shard',
                                         damaged)
 
-  monkeypatch.setattr(train, 'create_input_iter', failing_iter)
+  monkeypatch.setattr(input_pipeline, 'create_train_dataset', failing_iter)
   config = _loop_config(tiny_dataset, **{'input.prefetch_to_device': 1})
   with pytest.raises(input_pipeline.ShardReadError) as err:
     train.train_and_evaluate(config, str(tmp_path))

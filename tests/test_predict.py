@@ -24,6 +24,7 @@ import sys
 import cv2
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -34,7 +35,9 @@ from data_prep import shards as shards_lib
 from data_prep import video as video_lib
 from sta_cnn_jax import checkpoints
 from sta_cnn_jax import inference
+from sta_cnn_jax import modalities
 from sta_cnn_jax import input_pipeline
+from sta_cnn_jax import snippets
 from sta_cnn_jax import predict
 from sta_cnn_jax import train
 from sta_cnn_jax import video_inputs
@@ -387,7 +390,7 @@ def test_predict_real_clip(testdata_dir, streams, exports, tmp_path, clip, flow_
 def test_eval_snippet_indices_are_tsn_test_sampling(num_frames, modality, frames_per_snippet,
                                                     new_length):
   np.testing.assert_array_equal(
-      input_pipeline.eval_snippet_indices(num_frames, modality, SEGMENTS),
+      snippets.eval_snippet_indices(num_frames, modality, SEGMENTS),
       _np_test_indices(num_frames, frames_per_snippet, new_length))
 
 
@@ -400,9 +403,11 @@ def _pipeline_views(data_dir, example, modality, num_views):
   with open(os.path.join(data_dir, "manifest.json"), "w") as f:
     json.dump({"modalities": [modality], "frame_size": list(FRAME_HW),
                "num_videos": {"test": 1}}, f)
-  batches = input_pipeline.create_eval_dataset(
-      str(data_dir), modality=modality, num_segments=SEGMENTS, num_views=num_views,
-      batch_size=1, num_devices=1, out_size=CROP)
+  config = ml_collections.ConfigDict({
+      "data_dir": str(data_dir), "eval_split": "test", "modality": modality,
+      "eval": {"num_segments": SEGMENTS, "num_views": num_views, "batch_size": 1},
+      "input": {"crop_size": CROP}})
+  batches = input_pipeline.create_eval_dataset(config, num_devices=1)
   return next(iter(batches))["frames"][0, 0]  # (D=1, B=1, S, V, ...) -> (S, V, ...)
 
 
@@ -413,10 +418,10 @@ def test_in_memory_views_are_the_eval_datasets(testdata_dir, tmp_path, modality,
   example, _, _ = video_inputs.video_example(frames, modality, SEGMENTS,
                                              video_inputs.ShardCodec(), gray=gray,
                                              flow_method="dis")
-  views = input_pipeline.eval_views_from_example(example, modality=modality,
+  views = snippets.eval_views_from_example(example, modality=modality,
                                                  num_segments=SEGMENTS, num_views=num_views,
                                                  out_size=CROP)
-  channels = input_pipeline.input_channels(modality)
+  channels = modalities.input_channels(modality)
   assert views.shape == (SEGMENTS, num_views, CROP, CROP, channels) and views.dtype == np.uint8
   np.testing.assert_array_equal(views, _pipeline_views(tmp_path, example, modality, num_views))
 

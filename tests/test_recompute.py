@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from sta_cnn_jax import parallel, train
+from sta_cnn_jax import optim, parallel, train, train_loss
 from tests.train_utils import random_batch, standin_head, tiny_config
 
 NUM_CLASSES = 3
@@ -45,7 +45,7 @@ def _state(config, model, seed=1):
   batch_stats = jax.tree_util.tree_map(lambda v: v + 0.1, variables['batch_stats'])
   return train.TrainState.create(
       apply_fn=model.apply, params=params, batch_stats=batch_stats,
-      tx=train.create_optimizer(config, optax.constant_schedule(config.learning_rate)))
+      tx=optim.create_optimizer(config, optax.constant_schedule(config.learning_rate)))
 
 
 def _loss_and_grads(config, state, batch, mode):
@@ -54,7 +54,8 @@ def _loss_and_grads(config, state, batch, mode):
   b, s = batch['frames'].shape[1:3]
   x = train.normalize_batch(jnp.asarray(batch['frames'][0]).reshape(
       (b * s,) + batch['frames'].shape[3:]), config)
-  fn = jax.jit(lambda st, x, y: train.loss_and_grads(st, x, y, jax.random.PRNGKey(0), config))
+  fn = jax.jit(
+      lambda st, x, y: train_loss.loss_and_grads(st, x, y, jax.random.PRNGKey(0), config))
   return fn(state, x, jnp.asarray(batch['label'][0]))
 
 
@@ -84,10 +85,10 @@ def test_recompute_equals_masked_with_running_statistics(row, aux):
 
 def test_selected_indices_are_the_mask_positions():
   mask = jnp.array([[0, 1, 0, 1, 0, 0], [1, 0, 0, 0, 0, 1]], jnp.float32)
-  np.testing.assert_array_equal(train.selected_indices(mask, 2), [[1, 3], [0, 5]])
+  np.testing.assert_array_equal(train_loss.selected_indices(mask, 2), [[1, 3], [0, 5]])
   config = tiny_config(row='rgb,tam_ts3x3_3x2')
-  assert train.num_selected(config) == 6
-  assert train.num_selected(tiny_config(row='rgb,tam_ts9_3')) == 3
+  assert train_loss.num_selected(config) == 6
+  assert train_loss.num_selected(tiny_config(row='rgb,tam_ts9_3')) == 3
 
 
 def _synthetic_batch(rng, videos, snippets, informative=1):
@@ -111,7 +112,7 @@ def _train(mode, steps=40):
   variables = model.init(jax.random.PRNGKey(3), jnp.zeros((1, CROP, CROP, 6)), train=False)
   state = train.TrainState.create(
       apply_fn=model.apply, params=variables['params'], batch_stats=variables['batch_stats'],
-      tx=train.create_optimizer(config, optax.constant_schedule(config.learning_rate)))
+      tx=optim.create_optimizer(config, optax.constant_schedule(config.learning_rate)))
   one = [jax.devices()[0]]
   step = parallel.make_parallel_step(functools.partial(train.train_step, config=config),
                                      'pmap', out_replicated=True, devices=one)

@@ -14,7 +14,8 @@ from flax import traverse_util
 import optax
 import pytest
 
-from sta_cnn_jax import checkpoints, parallel, train
+from sta_cnn_jax import (checkpoints, input_pipeline, optim, parallel, pretrain_san, pretrained,
+                         train, train_loss)
 from tests.train_utils import (TEST_CROP, StandIn, cache_env, jax_cache_dir,  # noqa: F401
                                random_batch, read_stderr, run_python, standin_create_model,
                                tiny_config,
@@ -31,10 +32,10 @@ RTOL, ATOL = 1e-5, 1e-6
 
 def test_learning_rate_schedule_of_section_4_1():
   from configs import ucf101  # pylint: disable=g-import-not-at-top
-  rgb = train.create_learning_rate_fn(ucf101.get_config('rgb,baseline'), steps_per_epoch=10)
+  rgb = optim.create_learning_rate_fn(ucf101.get_config('rgb,baseline'), steps_per_epoch=10)
   for step, lr in [(0, 1e-3), (199, 1e-3), (200, 1e-4), (399, 1e-4), (400, 1e-5), (499, 1e-5)]:
     np.testing.assert_allclose(float(rgb(step)), lr, rtol=1e-6)
-  flow = train.create_learning_rate_fn(ucf101.get_config('flow,baseline'), steps_per_epoch=3)
+  flow = optim.create_learning_rate_fn(ucf101.get_config('flow,baseline'), steps_per_epoch=3)
   for step, lr in [(0, 5e-3), (359, 5e-3), (360, 5e-4), (720, 5e-5), (899, 5e-5)]:
     np.testing.assert_allclose(float(flow(step)), lr, rtol=1e-6)
 
@@ -75,7 +76,7 @@ def test_optimizer_matches_numpy_reference():
   assert frozen and decayed and 'conv1_7x7_s2_bn/scale' not in frozen
   expected = _numpy_sgd_reference(flat, grads_seq, 0.01, 0.9, 0.1, 0.5, frozen, decayed)
 
-  tx = train.create_optimizer(config, optax.constant_schedule(0.01))
+  tx = optim.create_optimizer(config, optax.constant_schedule(0.01))
   state = tx.init(params)
   p = params
   for grads in grads_seq:
@@ -91,14 +92,14 @@ def test_optimizer_matches_numpy_reference():
 
 def test_weight_decay_and_partial_bn_masks():
   _, variables = _standin_params()
-  decay = traverse_util.flatten_dict(train.weight_decay_mask(variables['params']), sep='/')
+  decay = traverse_util.flatten_dict(optim.weight_decay_mask(variables['params']), sep='/')
   assert decay == {'conv1_7x7_s2/kernel': True, 'conv1_7x7_s2/bias': False,
                    'conv1_7x7_s2_bn/scale': False, 'conv1_7x7_s2_bn/bias': False,
                    'conv2_3x3_bn/scale': False, 'conv2_3x3_bn/bias': False,
                    'fc/kernel': True, 'fc/bias': False, 'aux_fc/kernel': True,
                    'aux_fc/bias': False}
-  labels = traverse_util.flatten_dict(train.partial_bn_labels(variables['params']), sep='/')
-  assert {k for k, v in labels.items() if v == train.FROZEN} == {'conv2_3x3_bn/scale',
+  labels = traverse_util.flatten_dict(optim.partial_bn_labels(variables['params']), sep='/')
+  assert {k for k, v in labels.items() if v == optim.FROZEN} == {'conv2_3x3_bn/scale',
                                                                  'conv2_3x3_bn/bias'}
 
 
@@ -155,7 +156,7 @@ def test_train_step_matches_numpy_reference(row):
   params['fc']['kernel'] = jax.random.normal(jax.random.PRNGKey(2), params['fc']['kernel'].shape)
   state = train.TrainState.create(
       apply_fn=model.apply, params=params, batch_stats=variables['batch_stats'],
-      tx=train.create_optimizer(config, optax.constant_schedule(config.learning_rate)))
+      tx=optim.create_optimizer(config, optax.constant_schedule(config.learning_rate)))
   batch = random_batch(np.random.RandomState(3), 1, b, s, 32, 6, num_classes)
   one = [jax.devices()[0]]
   step = parallel.make_parallel_step(
@@ -204,18 +205,18 @@ def test_train_step_matches_numpy_reference(row):
     return jnp.sum(jmask * ce) / jnp.sum(jmask)
 
   grads = jax.grad(ref_loss)(params)
-  # Partial BN: frozen BN parameters have no gradient (train.frozen_as_constants), so the
+  # Partial BN: frozen BN parameters have no gradient (train_loss.frozen_as_constants), so the
   # gradient norm covers the trainable parameters only.
   trainable = jax.tree_util.tree_map(
-      lambda label, g: g * (label == train.TRAINABLE), train.partial_bn_labels(params), grads)
+      lambda label, g: g * (label == optim.TRAINABLE), optim.partial_bn_labels(params), grads)
   np.testing.assert_allclose(metrics['grad_norm'], float(optax.global_norm(trainable)),
                              rtol=1e-4)
-  labels = traverse_util.flatten_dict(train.partial_bn_labels(params), sep='/')
+  labels = traverse_util.flatten_dict(optim.partial_bn_labels(params), sep='/')
   flat_grads = traverse_util.flatten_dict(grads, sep='/')
   got = traverse_util.flatten_dict(new_state.params, sep='/')
   for k, p in traverse_util.flatten_dict(params, sep='/').items():
     # First SGD step (no clip, no decay): p - lr * g; partial BN leaves frozen BNs alone.
-    expected = p if labels[k] == train.FROZEN else p - config.learning_rate * flat_grads[k]
+    expected = p if labels[k] == optim.FROZEN else p - config.learning_rate * flat_grads[k]
     np.testing.assert_allclose(got[k], expected, rtol=1e-4, atol=1e-6, err_msg=k)
 
 
@@ -225,7 +226,7 @@ def test_train_step_matches_numpy_reference(row):
 
 _REAL_EQUIVALENCE = r'''
 import functools, jax, numpy as np
-from sta_cnn_jax import parallel, train
+from sta_cnn_jax import optim, parallel, train
 from tests.train_utils import random_batch, tiny_config
 # Flow STA-CNN (SAL + aux head on the ACN features, TS(3x3, 3x1)), TSN's partial BN (the first
 # BN in batch-statistics mode, synchronised); 64 px crops: a 2x2 grid, so the spatial
@@ -235,7 +236,7 @@ config = tiny_config(row='flow,sta_ts3x3_3x1', **{'model.dropout_rate': 0.0,
                                                   'input.crop_size': 64})
 S = config.temporal.num_segments * config.temporal.snippets_per_segment
 model = train.create_model(config, 2)
-lr = train.create_learning_rate_fn(config, 10)
+lr = optim.create_learning_rate_fn(config, 10)
 state = train.create_train_state(jax.random.PRNGKey(0), config, model,
                                  train.input_shape(config), lr)
 D = jax.device_count()
@@ -348,11 +349,11 @@ def test_wrong_modality_is_named(tiny_dataset, tmp_path, monkeypatch):
     train.train_and_evaluate(config, str(tmp_path / 'wd'))
 
 
-def test_batch_not_divisible_by_devices_is_named(monkeypatch):
-  monkeypatch.setattr(jax, 'device_count', lambda: 4)
-  assert train.local_batch_size(8) == 8 // jax.process_count()
+def test_batch_not_divisible_by_devices_is_named():
+  assert input_pipeline.host_batch_size(8, 1, 4) == 8
+  assert input_pipeline.host_batch_size(8, 2, 2) == 4
   with pytest.raises(ValueError, match='batch_size=6 is not divisible by the 4 devices'):
-    train.local_batch_size(6)
+    input_pipeline.host_batch_size(6, 2, 2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -464,7 +465,7 @@ def test_kill_and_resume_equals_uninterrupted(tiny_dataset, tmp_path, jax_cache_
 def test_san_pretrain_input_pairs_frames_with_their_flow(tiny_dataset):
   config = tiny_config(tiny_dataset, **{'san_pretrain.batch_size': jax.device_count(),
                                         'san_pretrain.num_segments': 2})
-  batch = next(train.create_san_pretrain_iter(config))
+  batch = next(input_pipeline.create_san_pretrain_dataset(config))
   d, b, c = jax.local_device_count(), 1, config.input.crop_size
   assert batch['frames'].shape == (d, b, 2, c, c, 6) and batch['frames'].dtype == np.uint8
   assert batch['flow'].shape == (d, b, 2, c, c, 2) and batch['flow'].dtype == np.float32
@@ -486,16 +487,16 @@ def test_pretrain_san_cli_exports_a_graftable_san(tiny_dataset, tmp_path, jax_ca
       '--config.san_pretrain.batch_size=2', '--config.san_pretrain.num_segments=2',
       '--config.san_pretrain.checkpoint_every_steps=2']
   run_python(None, cache_env(jax_cache_dir), module='sta_cnn_jax.main', args=args)
-  export = tmp_path / train.SAN_PRETRAIN_DIR / checkpoints.EXPORT_DIR
+  export = tmp_path / pretrain_san.SAN_PRETRAIN_DIR / checkpoints.EXPORT_DIR
   variables, _ = checkpoints.load_inference(str(export))
   config = tiny_config()
   model = train.create_model(config, 2)
   target = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, TEST_CROP, TEST_CROP, 6)),
                                                train=False), jax.random.PRNGKey(0))
-  grafted = checkpoints.graft_san_weights(dict(target), str(export))
+  grafted = pretrained.graft_san_weights(dict(target), str(export))
   np.testing.assert_array_equal(grafted['params']['san']['conv1']['kernel'],
                                 variables['params']['conv1']['kernel'])
-  assert (tmp_path / train.SAN_PRETRAIN_DIR / 'checkpoints' / '2').is_dir()
+  assert (tmp_path / pretrain_san.SAN_PRETRAIN_DIR / 'checkpoints' / '2').is_dir()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -503,18 +504,43 @@ def test_pretrain_san_cli_exports_a_graftable_san(tiny_dataset, tmp_path, jax_ca
 # ---------------------------------------------------------------------------------------------
 
 
+def _event_scalars(workdir, prefix: str = 'eval/') -> dict:
+  """{tag: [(step, value), ...]} of the `prefix` scalars in `workdir`'s TensorBoard events."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  out = {}
+  for name in sorted(os.listdir(workdir)):
+    if name.startswith('events.out.tfevents'):
+      for event in tf.compat.v1.train.summary_iterator(os.path.join(workdir, name)):
+        for value in event.summary.value:
+          if value.tag.startswith(prefix):
+            number = (tf.make_ndarray(value.tensor).item() if value.HasField('tensor')
+                      else value.simple_value)
+            out.setdefault(value.tag, []).append((event.step, number))
+  return out
+
+
 def test_train_then_eval_and_export(tiny_dataset, tmp_path, monkeypatch, jax_cache_dir):
   """--mode=train, then --mode=eval (the lead's 25-segment protocol) and --mode=export on the
   checkpoint it left."""
   monkeypatch.setattr(train, 'create_model', standin_create_model)
-  config = _loop_config(tiny_dataset, **{'num_train_steps': 2,
+  config = _loop_config(tiny_dataset, **{'num_train_steps': 2, 'eval.at_end': True,
                                          'eval.batch_size': jax.device_count()})
   state = train.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 2
   results = train.evaluate_checkpoint(config, str(tmp_path))
   assert results['num_videos'] == 2 and results['row'] == config.row
   assert json.loads((tmp_path / 'results.json').read_text())['metrics'] == results['metrics']
+  # AVE / DCW accuracies reach TensorBoard, from the end of training and from --mode=eval.
+  scalars = _event_scalars(tmp_path)
+  for method in ('ave', 'dcw'):
+    for name in ('top1', 'mean_class_accuracy'):
+      assert scalars[f'eval/{method}_{name}'] == [(2, results['metrics'][method][name])] * 2
   out = train.export(config, str(tmp_path))
+  manifest = json.loads((tiny_dataset / 'manifest.json').read_text())
+  assert checkpoints.load_dataset_info(out) == {
+      'classes': manifest['classes'], 'num_classes': len(manifest['classes']),
+      'frame_size': manifest['frame_size'], 'modalities': manifest['modalities'],
+      'flow': manifest['flow']}
   variables, loaded = checkpoints.load_inference(out)
   for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(
       {'params': state.params, 'batch_stats': state.batch_stats})):

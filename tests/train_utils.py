@@ -59,7 +59,12 @@ def tiny_config(data_dir: str = '', row: str = TEST_ROW, **overrides):
   config.lr_schedule = 'step'
   config.warmup_steps = 0
   config.precise_bn.num_batches = 0
-  for key, value in overrides.items():
+  return set_fields(config, overrides)
+
+
+def set_fields(config, fields: dict):
+  """Sets dotted config fields ({'eval.batch_size': 2, ...}); returns the config."""
+  for key, value in fields.items():
     node = config
     *parents, leaf = key.split('.')
     for p in parents:

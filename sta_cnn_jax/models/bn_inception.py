@@ -1,7 +1,7 @@
 """BN-Inception, the Action Classification Network (ACN) of STA-CNN (paper §3.2.4).
 
 Inception with Batch Normalization (Ioffe & Szegedy 2015) exactly as shipped with TSN
-(tsn-pytorch / Caffe model zoo); layer table in shared/DESIGN.md §1b. Numeric conventions
+(tsn-pytorch / Caffe model zoo); layer table below (docs/design.md). Numeric conventions
 that make published weights import one to one:
 
 * every conv is conv -> BatchNorm(eps 1e-5) -> ReLU, and the convs KEEP their bias
@@ -58,7 +58,7 @@ STEM = (
 )
 STEM_POOL_AFTER = ('conv1_7x7_s2', 'conv2_3x3')
 
-# Inception blocks (DESIGN §1b): (name, 1x1, 3x3 reduce, 3x3, double reduce, double 3x3,
+# Inception blocks (docs/design.md): (name, 1x1, 3x3 reduce, 3x3, double reduce, double 3x3,
 # pool type, pool projection, stride). Stride-2 blocks (3c, 4e) have no 1x1 branch and a
 # projection-free ceil-mode max pool; their 3x3 convs carry the stride.
 INCEPTION_BLOCKS = (

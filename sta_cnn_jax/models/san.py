@@ -1,6 +1,6 @@
 """Spatial Attention Network (SAN) and its Expanded Part, paper §3.2.1 and Fig. 4 (Eq. 3).
 
-The SAN is the FlowNetS encoder (Dosovitskiy et al. 2015; DESIGN §1b) run on the two RGB
+The SAN is the FlowNetS encoder (Dosovitskiy et al. 2015; docs/design.md) run on the two RGB
 frames of a snippet stacked (6 channels): ten convs, each followed by LeakyReLU(0.1), conv
 names as in FlowNetS (`conv1` ... `conv6_1`) so published weights import by name. The
 paper's "six downsamplings" would give a 4x4 grid at 224 while the ACN gives 7x7, so the
@@ -25,9 +25,11 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from sta_cnn_jax import modalities
+
 Array = Any
 
-# FlowNetS encoder (DESIGN §1b): (name, kernel, stride); stride None = `last_stride`.
+# FlowNetS encoder (docs/design.md, "Interpretations"): (name, kernel, stride); stride None = `last_stride`.
 ENCODER_LAYERS = (
     ('conv1', 7, 2), ('conv2', 5, 2), ('conv3', 5, 2), ('conv3_1', 3, 1),
     ('conv4', 3, 2), ('conv4_1', 3, 1), ('conv5', 3, 2), ('conv5_1', 3, 1),
@@ -38,7 +40,7 @@ FLOWNETS_WIDTHS = (64, 128, 256, 256, 512, 512, 512, 512, 1024, 1024)
 EXPANDED_WIDTHS = (512, 256, 128, 64)
 EXPAND_KERNEL = 3
 UNPOOL_FACTOR = 2
-FLOW_CHANNELS = 2
+FLOW_CHANNELS = modalities.FLOW_PLANES  # the predicted flow's x, y
 # FlowNetS: LeakyReLU(0.1) after every conv.
 LEAKY_RELU_SLOPE = 0.1
 # Strides of conv1..conv5 (five stride-2 convs).

@@ -8,7 +8,7 @@ RGB stream: the ACN (BN-Inception) sees the first frame x[..., :3]; the SAN sees
 frames (6 channels) and yields its /32 features, the flow prediction of the Expanded Part
 (Eq. 3) and, through the SAL (Eq. 7-8), the attention map used by WSP (Eq. 9) on the ACN
 features. The auxiliary head `aux_fc` (Eq. 5-6) is GAP(SAN features) -> dense.
-Flow / warped-flow streams: no separate SAN (DESIGN §1, "two streams"): the SAL and the
+Flow / warped-flow streams: no separate SAN (docs/design.md, "Interpretations"): the SAL and the
 auxiliary head read the ACN's own last features, so they cost almost nothing extra.
 """
 
@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from sta_cnn_jax import modalities
 from sta_cnn_jax.models.attention import (WSP_NORMALISATIONS, SpatialAttentionLayer,
                                           global_average_pool, weighted_spatial_pooling)
 from sta_cnn_jax.models.bn_inception import FC_INIT_STD, BNInception
@@ -26,26 +27,17 @@ from sta_cnn_jax.models.san import SpatialAttentionNetwork
 
 Array = Any
 
-MODALITIES = ('rgb', 'flow', 'warpflow')
-# Snippet lengths (DESIGN §1): an RGB snippet is 2 consecutive frames (ACN sees the first,
-# the SAN both); a flow snippet is 5 consecutive fields, x/y interleaved (TSN).
-RGB_FRAMES_PER_SNIPPET = 2
-FLOW_FIELDS_PER_SNIPPET = 5
-RGB_CHANNELS = 3
-FLOW_CHANNELS = 2
-
-
-def input_channels(modality: str) -> int:
-  """Channels of one snippet: 6 for 'rgb', 10 for 'flow' / 'warpflow'."""
-  if modality == 'rgb':
-    return RGB_FRAMES_PER_SNIPPET * RGB_CHANNELS
-  if modality in ('flow', 'warpflow'):
-    return FLOW_FIELDS_PER_SNIPPET * FLOW_CHANNELS
-  raise ValueError(f'sta_cnn.py: unknown modality {modality!r}; expected one of {MODALITIES}')
+# Snippet layout (modalities.py): an RGB snippet is 2 consecutive frames (the ACN sees the
+# first, the SAN both); a flow snippet is 5 consecutive fields, x/y interleaved (TSN).
+MODALITIES = modalities.MODALITIES
+RGB_FRAMES_PER_SNIPPET = modalities.RGB_FRAMES_PER_SNIPPET
+FLOW_FIELDS_PER_SNIPPET = modalities.FLOW_FRAMES_PER_SNIPPET
+RGB_CHANNELS = modalities.RGB_CHANNELS
+input_channels = modalities.input_channels
 
 
 class STACNN(nn.Module):
-  """STA-CNN for one stream. See module doc; contract: brief/CONTRACT.md "Model".
+  """STA-CNN for one stream. See module doc; docs/design.md, "Equations → modules".
 
   Attributes:
     num_classes: C.
