@@ -1,6 +1,8 @@
 """sta_cnn_jax.checkpoints: Orbax save/restore of {state, rng, step}, shape-checked restore,
 inference export, and grafting of ImageNet ACN / pretrained SAN weights."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -138,11 +140,16 @@ def test_export_and_load_inference(tmp_path):
   assert 'opt_state' not in variables
   assert checkpoints.load_dataset_info(out) is None  # exported without its dataset
   info = {'classes': ['a', 'b'], 'num_classes': 2, 'frame_size': (64, 80),
-          'modalities': ['rgb'], 'flow': None, 'dataset': 'x', 'num_videos': {'test': 1}}
+          'modalities': ['rgb'], 'rgb': {'format': 'jpeg', 'quality': 90}, 'flow': None,
+          'dataset': 'x', 'num_videos': {'test': 1}}
   checkpoints.export_inference(state, config, out, dataset=info)
   assert checkpoints.load_dataset_info(out) == {
       'classes': ['a', 'b'], 'num_classes': 2, 'frame_size': [64, 80], 'modalities': ['rgb'],
-      'flow': None}
+      'rgb': {'format': 'jpeg', 'quality': 90}, 'flow': None}
+  with open(os.path.join(out, checkpoints.DATASET_JSON), 'w') as f:
+    f.write('{"classes": ["a"], "num_classes": 2}')
+  with pytest.raises(ValueError, match=r'dataset.json: 1 classes but num_classes=2'):
+    checkpoints.load_dataset_info(out)
   with pytest.raises(FileNotFoundError, match='not an inference export'):
     checkpoints.load_inference(str(tmp_path))
 
