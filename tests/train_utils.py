@@ -34,11 +34,13 @@ TEST_ROW = 'rgb,sta_ts3x3_3x1'
 TEST_CROP = 32
 TEST_FRAME_HW = (64, 80)
 TEST_CLASSES = 2
+# Videos per batch of the test runs (the miniature trains with 16; 8 keeps these runs short).
+TEST_BATCH = 8
 
 
 def tiny_config(data_dir: str = '', row: str = TEST_ROW, **overrides):
   """configs/demo.py:<row> for tests: TEST_CROP crops, 64x80 frames, no final eval."""
-  from configs import demo  # pylint: disable=g-import-not-at-top
+  from configs import base, demo  # pylint: disable=g-import-not-at-top
   config = demo.get_config(row)
   config.data_dir = str(data_dir)
   config.num_classes = TEST_CLASSES
@@ -56,9 +58,12 @@ def tiny_config(data_dir: str = '', row: str = TEST_ROW, **overrides):
   config.model.sal_weights = 'per_location'
   config.model.sal_normalisation = 'none'
   config.optimizer = 'sgd'
+  config.weight_decay = base.get_base_config(config.modality).weight_decay
   config.lr_schedule = 'step'
   config.warmup_steps = 0
+  config.temporal.tam_backward = 'masked'   # the literal Algorithm 1
   config.precise_bn.num_batches = 0
+  config.batch_size = TEST_BATCH
   return set_fields(config, overrides)
 
 
