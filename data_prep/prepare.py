@@ -9,8 +9,9 @@ Each video is one pure function call, `process.process_video(item, options)`, th
 `VideoResult` (the serialised tf.train.Example + facts for the manifest) or a `SkipRecord`
 (path + reason). Videos are processed in parallel by a multiprocessing pool of `--workers`
 processes (each with one OpenCV thread) and collected per shard; a shard is written atomically as
-soon as all its videos are done, so a killed run resumes where it stopped (see shards.py).
-`--runner=beam` runs the same function as an Apache Beam pipeline (beam.py).
+soon as all its videos are done, so a killed run resumes where it stopped (see shards.py;
+manifest.json: manifest.py; damage checks: integrity.py). `--runner=beam` runs the same function
+as an Apache Beam pipeline (beam.py).
 
 Integrity: a re-run checks every finished shard against the size, record count and SHA-256
 recorded when it was written, and redoes (and lists) the ones that differ, so a truncated or
@@ -44,6 +45,9 @@ from absl import flags
 from absl import logging
 
 from data_prep import flow as flow_lib
+from data_prep import integrity
+from data_prep import layout
+from data_prep import manifest as manifest_lib
 from data_prep import process
 from data_prep import shards
 from data_prep import sources
@@ -355,13 +359,13 @@ def manifest_header(options: PrepareOptions, source: sources.Source) -> dict:
 
 
 def find_pending(out_dir: str, specs: Sequence[shards.ShardSpec]
-                 ) -> tuple[list[shards.ShardSpec], list[shards.Damage]]:
+                 ) -> tuple[list[shards.ShardSpec], list[integrity.Damage]]:
   """(shards to (re)do, the finished ones among them that were damaged).
 
   Every finished shard is checked against its summary (size, record count, SHA-256): resume
   keeps only intact shards. Damaged ones are named in a warning and redone.
   """
-  finished = sum(shards.gfile_exists(shards.progress_path(out_dir, spec)) for spec in specs)
+  finished = sum(layout.gfile_exists(shards.progress_path(out_dir, spec)) for spec in specs)
   if finished:
     logging.info("checking %d finished shards (size, records, SHA-256)", finished)
   pending, damaged = [], []
@@ -370,15 +374,15 @@ def find_pending(out_dir: str, specs: Sequence[shards.ShardSpec]
     if not complete:
       pending.append(spec)
     if damage:
-      damaged.append(shards.Damage(spec.filename, damage))
+      damaged.append(integrity.Damage(spec.filename, damage))
       logging.warning("%s/%s is damaged (%s): redoing it", out_dir, spec.filename, damage)
   return pending, damaged
 
 
-def verify(out_dir: str, checksums: bool = True) -> list[shards.Damage]:
+def verify(out_dir: str, checksums: bool = True) -> list[integrity.Damage]:
   """`--verify`: checks a prepared output without writing anything; prints the verdict and,
   for damage, the command that repairs it. Returns the damaged files."""
-  damages, checked = shards.verify_output(out_dir, checksums)
+  damages, checked = integrity.verify_output(out_dir, checksums)
   what = "size, records, SHA-256" if checksums else "size, records"
   if not damages:
     print(f"OK: {out_dir}: {checked} shards and manifest.json verified ({what})", flush=True)
@@ -388,7 +392,7 @@ def verify(out_dir: str, checksums: bool = True) -> list[shards.Damage]:
   for damage in damages:
     print(f"  {damage}", flush=True)
   print(f"repair (keeps intact shards, redoes damaged ones, rewrites manifest.json):\n  "
-        f"{shards.repair_command(out_dir)}", flush=True)
+        f"{integrity.repair_command(out_dir)}", flush=True)
   return damages
 
 
@@ -427,9 +431,9 @@ def prepare(options: PrepareOptions | dict) -> dict:
     beam.run_beam(out_dir, pending, options)
   elif pending:
     run_local(out_dir, pending, options, workers)
-  manifest = shards.build_manifest(out_dir, specs, manifest_header(options, source),
-                                   source.missing)
-  shards.write_manifest(out_dir, manifest)
+  manifest = manifest_lib.build_manifest(out_dir, specs, manifest_header(options, source),
+                                         source.missing)
+  manifest_lib.write_manifest(out_dir, manifest)
   if damaged:
     print(f"repaired {len(damaged)} damaged shard(s): " + "; ".join(map(str, damaged)),
           flush=True)
