@@ -9,8 +9,9 @@ Each video is one pure function call, `process.process_video(item, options)`, th
 `VideoResult` (the serialised tf.train.Example + facts for the manifest) or a `SkipRecord`
 (path + reason). Videos are processed in parallel by a multiprocessing pool of `--workers`
 processes (each with one OpenCV thread) and collected per shard; a shard is written atomically as
-soon as all its videos are done, so a killed run resumes where it stopped (see shards.py).
-`--runner=beam` runs the same function as an Apache Beam pipeline (beam.py).
+soon as all its videos are done, so a killed run resumes where it stopped (see shards.py;
+manifest.json: manifest.py; damage checks: integrity.py). `--runner=beam` runs the same function
+as an Apache Beam pipeline (beam.py).
 
 Integrity: a re-run checks every finished shard against the size, record count and SHA-256
 recorded when it was written, and redoes (and lists) the ones that differ, so a truncated or
@@ -19,8 +20,9 @@ overwritten shard is repaired by running the same command again (byte-identical 
 damaged files and the command that repairs them, and exits with status 1 if any.
 
 Before starting, the flow cost is measured on real frames and the expected time printed
-(per-pair speed × estimated frame pairs / workers). TV-L1 on a CPU core manages ~0.5–0.7 pairs/s
-at 340×256, i.e. days for UCF101 on a few cores: on a GPU/TPU use `--flow=tvl1_jax`.
+(estimate.py: per-pair speed × estimated frame pairs / workers). TV-L1 on a CPU core manages
+~0.5–0.7 pairs/s at 340×256, i.e. days for UCF101 on a few cores: on a GPU/TPU use
+`--flow=tvl1_jax`.
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ import os
 import pathlib
 import sys
 import threading
-import time
 from typing import Iterator, Sequence
 
 import cv2
@@ -43,7 +44,11 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from data_prep import estimate
 from data_prep import flow as flow_lib
+from data_prep import integrity
+from data_prep import layout
+from data_prep import manifest as manifest_lib
 from data_prep import process
 from data_prep import shards
 from data_prep import sources
@@ -59,13 +64,8 @@ RUNNERS = ("local", "beam")
 # Videos per shard: ~25 UCF101 videos at 340×256 with RGB + flow JPEGs ≈ 150–200 MB, the shard
 # size tf.data recommends (100–200 MB).
 DEFAULT_SHARD_SIZE = 25
-# Time estimate: container headers of this many videos give the mean length; flow speed is
-# timed on this many frame pairs (fewer for TV-L1 on CPU, which is slow).
-ESTIMATE_SAMPLE_VIDEOS = 20
-ESTIMATE_PAIRS = {"tvl1": 2, "dis": 10, "dis_fine": 5, "farneback": 5, "tvl1_jax": 2}
 # Tasks in flight per worker (bounds memory when frames are streamed from TFDS).
 TASKS_IN_FLIGHT_PER_WORKER = 4
-SECONDS_PER_HOUR = 3600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,93 +192,6 @@ def _iter_tasks(specs: Sequence[shards.ShardSpec], options: PrepareOptions
 
 
 # ----------------------------------------------------------------------------------------------
-# Time estimate
-
-
-def _measure_costs(frames: np.ndarray, options: PrepareOptions) -> tuple[float, float]:
-  """(flow pairs/s, seconds per frame for the rest: JPEG encoding, homographies) on one core."""
-  gray = flow_lib.to_gray(frames)
-  fn = flow_lib.get_flow_fn(options.flow)
-  threads = cv2.getNumThreads()
-  cv2.setNumThreads(1)
-  try:
-    fn(gray[:1], gray[1:2])  # warm-up (JIT compile for tvl1_jax)
-    start = time.perf_counter()
-    field = fn(gray[:-1], gray[1:])  # (pairs, H, W, 2)
-    flow_done = time.perf_counter()
-    if "rgb" in options.modalities:
-      _ = [flow_lib.encode_image(f, "jpeg", options.jpeg_quality) for f in frames]
-    for modality in options.modalities:
-      if modality in FLOW_MODALITIES:
-        flow_lib.encode_flow_planes(field, options.flow_bound, options.flow_format,
-                                    options.jpeg_quality)
-      if modality == "warpflow":
-        _ = [flow_lib.estimate_homography(a, b) for a, b in zip(gray[:-1], gray[1:])]
-    other_done = time.perf_counter()
-  finally:
-    cv2.setNumThreads(threads)
-  return (len(gray) - 1) / (flow_done - start), (other_done - flow_done) / len(frames)
-
-
-def _sample_frames(items: Sequence[VideoItem], options: PrepareOptions,
-                   pairs: int) -> tuple[np.ndarray, float]:
-  """pairs + 1 frames of the first decodable item, and its decoding time per frame."""
-  for item in items[:ESTIMATE_SAMPLE_VIDEOS]:
-    if sources.is_tfds_item(item):
-      break
-    start = time.perf_counter()
-    try:
-      frames = video_lib.read_video(item.path, options.frame_width, options.frame_height)
-    except video_lib.VideoError:
-      continue
-    if len(frames) > pairs:
-      return frames[:pairs + 1], (time.perf_counter() - start) / len(frames)
-  rng = np.random.default_rng(0)  # no usable video: a textured stand-in of the same size
-  base = rng.integers(0, 256, (options.frame_height + pairs, options.frame_width + pairs, 3))
-  return np.stack([base[i:i + options.frame_height, i:i + options.frame_width]
-                   for i in range(pairs + 1)]).astype(np.uint8), 0.0
-
-
-def _duration(seconds: float) -> str:
-  if seconds < 2 * 60:
-    return f"{seconds:.0f} s"
-  if seconds < 2 * SECONDS_PER_HOUR:
-    return f"{seconds / 60:.1f} min"
-  return f"{seconds / SECONDS_PER_HOUR:.1f} h"
-
-
-def estimate_time(items: Sequence[VideoItem], options: PrepareOptions, workers: int) -> str | None:
-  """The measured flow speed and the expected time of the run (None without flow).
-
-  expected = (flow pairs / measured pairs/s + frames x measured seconds/frame for decoding and
-  encoding) / workers, with the mean video length from the headers of a sample of videos.
-  """
-  flows = [m for m in options.modalities if m in FLOW_MODALITIES]
-  if not flows or not items:
-    return None
-  step = max(1, len(items) // ESTIMATE_SAMPLE_VIDEOS)
-  sample = [i for i in items[::step] if not sources.is_tfds_item(i)][:ESTIMATE_SAMPLE_VIDEOS]
-  counts = [c for c in (video_lib.probe_frame_count(i.path) for i in sample) if c > 1]
-  frames, decode_seconds = _sample_frames(sample or list(items), options,
-                                          ESTIMATE_PAIRS[options.flow])
-  speed, other_seconds = _measure_costs(frames, options)
-  message = (f"flow={options.flow}: {speed:.1f} frame pairs/s per worker at "
-             f"{options.frame_width}x{options.frame_height}")
-  if counts:
-    mean_frames = float(np.mean(counts))
-    pairs = (mean_frames - 1) * len(items) * len(flows)
-    flow_seconds = pairs / speed / workers
-    total = flow_seconds + mean_frames * len(items) * (decode_seconds + other_seconds) / workers
-    message += (f"; {len(items)} videos x ~{mean_frames:.0f} frames = ~{pairs:,.0f} flow pairs "
-                f"on {workers} workers -> expected ~{_duration(total)} "
-                f"(flow ~{_duration(flow_seconds)})")
-  if options.flow == "tvl1":
-    message += (". TV-L1 on CPU is the paper's flow but slow; on a GPU/TPU use --flow=tvl1_jax "
-                "(the same algorithm in JAX).")
-  return message
-
-
-# ----------------------------------------------------------------------------------------------
 # Local runner
 
 
@@ -355,13 +268,13 @@ def manifest_header(options: PrepareOptions, source: sources.Source) -> dict:
 
 
 def find_pending(out_dir: str, specs: Sequence[shards.ShardSpec]
-                 ) -> tuple[list[shards.ShardSpec], list[shards.Damage]]:
+                 ) -> tuple[list[shards.ShardSpec], list[integrity.Damage]]:
   """(shards to (re)do, the finished ones among them that were damaged).
 
   Every finished shard is checked against its summary (size, record count, SHA-256): resume
   keeps only intact shards. Damaged ones are named in a warning and redone.
   """
-  finished = sum(shards.gfile_exists(shards.progress_path(out_dir, spec)) for spec in specs)
+  finished = sum(layout.gfile_exists(shards.progress_path(out_dir, spec)) for spec in specs)
   if finished:
     logging.info("checking %d finished shards (size, records, SHA-256)", finished)
   pending, damaged = [], []
@@ -370,15 +283,15 @@ def find_pending(out_dir: str, specs: Sequence[shards.ShardSpec]
     if not complete:
       pending.append(spec)
     if damage:
-      damaged.append(shards.Damage(spec.filename, damage))
+      damaged.append(integrity.Damage(spec.filename, damage))
       logging.warning("%s/%s is damaged (%s): redoing it", out_dir, spec.filename, damage)
   return pending, damaged
 
 
-def verify(out_dir: str, checksums: bool = True) -> list[shards.Damage]:
+def verify(out_dir: str, checksums: bool = True) -> list[integrity.Damage]:
   """`--verify`: checks a prepared output without writing anything; prints the verdict and,
   for damage, the command that repairs it. Returns the damaged files."""
-  damages, checked = shards.verify_output(out_dir, checksums)
+  damages, checked = integrity.verify_output(out_dir, checksums)
   what = "size, records, SHA-256" if checksums else "size, records"
   if not damages:
     print(f"OK: {out_dir}: {checked} shards and manifest.json verified ({what})", flush=True)
@@ -388,7 +301,7 @@ def verify(out_dir: str, checksums: bool = True) -> list[shards.Damage]:
   for damage in damages:
     print(f"  {damage}", flush=True)
   print(f"repair (keeps intact shards, redoes damaged ones, rewrites manifest.json):\n  "
-        f"{shards.repair_command(out_dir)}", flush=True)
+        f"{integrity.repair_command(out_dir)}", flush=True)
   return damages
 
 
@@ -419,7 +332,7 @@ def prepare(options: PrepareOptions | dict) -> dict:
                len(specs) - len(pending))
   pending_items = [item for spec in pending for item in spec.items]
   workers = max(1, min(workers, len(pending_items)))  # no idle processes for small runs
-  message = estimate_time(pending_items, options, workers)
+  message = estimate.estimate_time(pending_items, options, workers)
   if message:
     print(message, flush=True)
   if pending and options.runner == "beam":
@@ -427,9 +340,9 @@ def prepare(options: PrepareOptions | dict) -> dict:
     beam.run_beam(out_dir, pending, options)
   elif pending:
     run_local(out_dir, pending, options, workers)
-  manifest = shards.build_manifest(out_dir, specs, manifest_header(options, source),
-                                   source.missing)
-  shards.write_manifest(out_dir, manifest)
+  manifest = manifest_lib.build_manifest(out_dir, specs, manifest_header(options, source),
+                                         source.missing)
+  manifest_lib.write_manifest(out_dir, manifest)
   if damaged:
     print(f"repaired {len(damaged)} damaged shard(s): " + "; ".join(map(str, damaged)),
           flush=True)

@@ -16,7 +16,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import tensorflow as tf
 
-from data_prep import shards as shards_lib
+from data_prep import integrity
+from data_prep import layout
 from sta_cnn_jax import modalities
 
 MANIFEST_NAME = "manifest.json"
@@ -39,14 +40,14 @@ class ShardReadError(ShardIntegrityError):
 
 
 def _repair_hint(data_dir: str) -> str:
-  return (f"repair: {shards_lib.repair_command(data_dir)} (check first: python -m "
+  return (f"repair: {integrity.repair_command(data_dir)} (check first: python -m "
           f"data_prep.prepare --out={data_dir} --verify)")
 
 
 def read_manifest(data_dir: str) -> Dict[str, Any]:
   """Loads `<data_dir>/manifest.json`; clear error if it is missing or not JSON."""
   path = os.path.join(data_dir, MANIFEST_NAME)
-  prepared = tf.io.gfile.exists(os.path.join(data_dir, shards_lib.PROGRESS_DIR))
+  prepared = tf.io.gfile.exists(os.path.join(data_dir, layout.PROGRESS_DIR))
   if not tf.io.gfile.exists(path):
     hint = (f"; data_prep.prepare was run there but did not finish or the manifest was removed: "
             f"{_repair_hint(data_dir)}" if prepared else
@@ -123,10 +124,10 @@ def _shard_damages(files: Sequence[str], manifest: Dict[str, Any], checksums: bo
   with `checksums`: reads the file)."""
   damaged = []
   for path in files:
-    expected = shards_lib.manifest_shard_records(manifest, os.path.basename(path))
+    expected = integrity.manifest_shard_records(manifest, os.path.basename(path))
     if not records:
       expected.pop("records", None)
-    reason = shards_lib.shard_damage(path, expected, checksums=checksums)
+    reason = integrity.shard_damage(path, expected, checksums=checksums)
     if reason:
       damaged.append((path, reason))
   return damaged
@@ -138,17 +139,17 @@ def _blame_manifest(data_dir: str, manifest: Dict[str, Any], path: str,
   from the summary data_prep wrote with it (.progress/<shard>.json) while the shard still has
   the summary's size: then the manifest was edited, not the shard."""
   name = os.path.basename(path)
-  summary = shards_lib.read_summary(data_dir, name)
+  summary = integrity.read_summary(data_dir, name)
   if not summary or summary.get("bytes") is None:
     return path, reason
-  recorded = shards_lib.manifest_shard_records(manifest, name)
+  recorded = integrity.manifest_shard_records(manifest, name)
   edited = any(key in recorded and recorded[key] != summary.get(key)
                for key in ("bytes", "sha256"))
   if (edited and tf.io.gfile.exists(path)
       and tf.io.gfile.stat(path).length == summary["bytes"]):
     return (os.path.join(data_dir, MANIFEST_NAME),
             f"its record of {name} differs from the summary data_prep wrote with the shard "
-            f"({shards_lib.PROGRESS_DIR}/{name}.json), which the shard still matches "
+            f"({layout.PROGRESS_DIR}/{name}.json), which the shard still matches "
             f"({reason}): edited?")
   return path, reason
 
@@ -196,7 +197,7 @@ def verify_shards(data_dir: str, split: str, checksums: bool = False, process_in
   already = {path for path, _ in damaged}
   damaged += [_blame_manifest(data_dir, manifest, path, reason) for path, reason in
               _shard_damages([f for f in mine if f not in already], manifest, checksums)]
-  counts = manifest.get(shards_lib.SHARD_RECORDS_KEY) or {}
+  counts = manifest.get(layout.SHARD_RECORDS_KEY) or {}
   total = (manifest.get("num_videos") or {}).get(split)
   names = listed if listed is not None else [os.path.basename(f) for f in files]
   if total is not None and names and all(n in counts for n in names):
@@ -218,17 +219,17 @@ def locate_damage(data_dir: str, files: Sequence[str],
   except (FileNotFoundError, ValueError):
     manifest = {}
   damaged = _shard_damages(files, manifest, checksums=False, records=True)
-  if not damaged and manifest.get(shards_lib.SHARD_SHA256_KEY):
+  if not damaged and manifest.get(layout.SHARD_SHA256_KEY):
     damaged = _shard_damages(files, manifest, checksums=True, records=True)
   if not damaged:
     damaged = [(f, reason) for f in files
-               for reason in [shards_lib.scan_records(f)] if reason]
+               for reason in [integrity.scan_records(f)] if reason]
   return damaged
 
 
 def _tf_cause(error: tf.errors.OpError) -> str:
   """TF's message without its function-node prefix and op suffix."""
-  text = re.sub(r"\{\{[^}]*\}\}\s*", "", shards_lib.first_line(error.message))
+  text = re.sub(r"\{\{[^}]*\}\}\s*", "", integrity.first_line(error.message))
   return re.sub(r"\s*\[Op:.*$", "", text).strip()
 
 
@@ -253,12 +254,12 @@ def guard_reads(iterator: Iterator[Any], data_dir: str, split: str,
 
 def records_per_file(files: Sequence[str], manifest: Dict[str, Any]) -> List[int]:
   """Record counts of `files`: the manifest's (verified sizes make them exact); a manifest
-  written before it recorded them: counted by data_prep.shards.count_records."""
-  counts = manifest.get(shards_lib.SHARD_RECORDS_KEY) or {}
+  written before it recorded them: counted by data_prep.integrity.count_records."""
+  counts = manifest.get(layout.SHARD_RECORDS_KEY) or {}
   out = []
   for f in files:
     name = os.path.basename(f)
-    count = counts[name] if name in counts else shards_lib.count_records(f)
+    count = counts[name] if name in counts else integrity.count_records(f)
     if count is None:
       raise ValueError(f"{f}: truncated TFRecord (its record framing does not fit its size)")
     out.append(count)

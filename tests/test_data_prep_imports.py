@@ -63,7 +63,8 @@ def test_find_cycle_sees_a_deferred_cycle():
 
 def test_data_prep_has_no_import_cycle():
   graph = import_graph()
-  assert {"prepare", "beam", "process", "shards"} <= set(graph)
+  assert {"prepare", "beam", "process", "shards", "manifest", "integrity", "layout",
+          "estimate"} <= set(graph)
   assert find_cycle(graph) is None, find_cycle(graph)
 
 
@@ -72,3 +73,15 @@ def test_runners_share_the_per_video_module():
   assert "prepare" not in graph["beam"] and "prepare" not in graph["process"]
   assert "beam" not in graph["process"]
   assert "process" in graph["beam"] and "process" in graph["prepare"]
+
+
+def test_output_modules_are_layered():
+  """layout <- integrity <- shards <- manifest: each shard-output module imports only those
+  below it, and the time estimate does not import the runner it serves."""
+  graph = import_graph()
+  own = {"layout", "integrity", "shards", "manifest", "prepare", "beam", "process", "estimate"}
+  assert graph["layout"] & own == set()
+  assert graph["integrity"] & own == {"layout"}
+  assert graph["shards"] & own == {"layout", "integrity"}
+  assert graph["manifest"] & own == {"layout", "shards"}
+  assert graph["estimate"] & own == set()

@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 
 from data_prep import flow as flow_lib
+from data_prep import integrity
+from data_prep import layout
 from data_prep import prepare as prep
 from data_prep import process
 from data_prep import shards
@@ -202,7 +204,7 @@ def test_kill_and_resume_gives_identical_bytes(tmp_path, tiny_synthetic, referen
              "--workers=2"]
   proc = subprocess.Popen(command, cwd=REPO_ROOT, start_new_session=True,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-  progress = out / shards.PROGRESS_DIR
+  progress = out / layout.PROGRESS_DIR
   deadline = time.time() + 120
   try:
     while proc.poll() is None and time.time() < deadline:
@@ -288,7 +290,7 @@ def test_resume_upgrades_summaries_written_without_checksums(tmp_path, tiny_synt
   """Outputs prepared before integrity records: intact shards are read through (CRCs, record
   count) and kept, their summaries get size + SHA-256; a truncated one is redone."""
   out = _copy_output(reference_out, tmp_path / "out")
-  progress = out / shards.PROGRESS_DIR
+  progress = out / layout.PROGRESS_DIR
   for name in TRAIN_SHARDS:
     summary = json.loads((progress / f"{name}.json").read_text())
     del summary["bytes"], summary["sha256"]
@@ -311,7 +313,7 @@ def test_manifest_records_size_records_and_sha256(reference_out):
     data = (out / name).read_bytes()
     assert manifest["shard_bytes"][name] == len(data)
     assert manifest["shard_sha256"][name] == hashlib.sha256(data).hexdigest()
-    assert manifest["shard_num_videos"][name] == shards.count_records(out / name) == 2
+    assert manifest["shard_num_videos"][name] == integrity.count_records(out / name) == 2
 
 
 def test_verify_names_damage_writes_nothing_and_its_command_repairs(tmp_path, tiny_synthetic,
