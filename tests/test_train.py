@@ -540,7 +540,7 @@ def test_train_then_eval_and_export(tiny_dataset, tmp_path, monkeypatch, jax_cac
   assert checkpoints.load_dataset_info(out) == {
       'classes': manifest['classes'], 'num_classes': len(manifest['classes']),
       'frame_size': manifest['frame_size'], 'modalities': manifest['modalities'],
-      'flow': manifest['flow']}
+      'rgb': manifest['rgb'], 'flow': manifest['flow']}
   variables, loaded = checkpoints.load_inference(out)
   for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(
       {'params': state.params, 'batch_stats': state.batch_stats})):
