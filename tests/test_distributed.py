@@ -130,6 +130,15 @@ def _run_all(procs: dict) -> dict:
   return outputs
 
 
+def _two_workers(code: str, env: dict) -> dict:
+  """Two processes of one jax.distributed run (1 CPU device each), both running `code`."""
+  port = _free_port()
+  return {f'worker {i}': run_python(code, dict(env, JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
+                                               JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(i)),
+                                    num_devices=1, wait=False)
+          for i in range(2)}
+
+
 @pytest.mark.slow
 def test_two_processes_match_each_other_and_one_process(tiny_dataset, tmp_path, jax_cache_dir):
   env = cache_env(jax_cache_dir)
@@ -137,12 +146,8 @@ def test_two_processes_match_each_other_and_one_process(tiny_dataset, tmp_path, 
   # All three processes at once: the reference and the two workers of the 2-process run.
   procs = {'ref': run_python(_code(_REFERENCE, DATA=data, STEPS=STEPS, OUT=str(tmp_path / 'ref')),
                              env, num_devices=2, wait=False)}
-  port = _free_port()
-  for i in range(2):
-    worker_env = dict(env, JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES='2',
-                      JAX_PROCESS_ID=str(i))
-    code = _code(_WORKER, DATA=data, STEPS=STEPS, MODES=MODES, TMP=str(tmp_path))
-    procs[f'worker {i}'] = run_python(code, worker_env, num_devices=1, wait=False)
+  procs.update(_two_workers(_code(_WORKER, DATA=data, STEPS=STEPS, MODES=MODES,
+                                  TMP=str(tmp_path)), env))
   _run_all(procs)
 
   expected = np.load(tmp_path / 'ref.npz')
@@ -170,12 +175,8 @@ def test_two_process_eval_gathers_the_metrics_of_one_process(tmp_path, jax_cache
   procs = {'single': run_python(_code(_EVAL, WORKDIR=str(tmp_path / 'one'),
                                       OUT=str(tmp_path / 'one'), **values),
                                 env, num_devices=1, wait=False)}
-  port = _free_port()
-  for i in range(2):
-    worker_env = dict(env, JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES='2',
-                      JAX_PROCESS_ID=str(i))
-    code = _code(_EVAL, WORKDIR=str(tmp_path / 'two'), OUT=str(tmp_path / 'two'), **values)
-    procs[f'worker {i}'] = run_python(code, worker_env, num_devices=1, wait=False)
+  procs.update(_two_workers(_code(_EVAL, WORKDIR=str(tmp_path / 'two'),
+                                  OUT=str(tmp_path / 'two'), **values), env))
   outputs = _run_all(procs)
 
   expected = _metrics(outputs['single'])
