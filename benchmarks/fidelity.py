@@ -70,7 +70,6 @@ VALIDATION_GROUPS_PER_CLASS = 2
 # --quick: one seed and this fraction of the training steps.
 QUICK_STEP_FRACTION = 0.5
 FIGURE_VIDEOS = 3
-COMPILATION_CACHE_DIR = 'jax_cache'   # under --out: seeds after the first skip compilation
 ORDERING_METHOD = 'dcw'   # rows are compared on the paper's test-time method (Eq. 11)
 
 
@@ -274,7 +273,7 @@ def main(argv: Sequence[str]) -> dict:
     config_base.parse_arg(row)                     # clear error for an unknown row
   seeds = list(range(1 if args.quick else args.seeds))
   os.makedirs(args.out, exist_ok=True)
-  experiment.use_compilation_cache(os.path.join(args.out, COMPILATION_CACHE_DIR))
+  experiment.use_compilation_cache(args.out)  # seeds after the first skip compilation
   start = time.time()
   data = prepare_data(args)
   truth = (mechanism.load_ground_truth(data['boxes'], miniature.FRAME_SIZE)

@@ -49,7 +49,6 @@ SYNTHETIC_DIR = "synthetic"
 SHARDS_DIR = "data"
 FIGURES_DIR = "figures"
 SAN_DIR = "san_pretrain"
-COMPILATION_CACHE_DIR = "jax_cache"
 STREAMS = ("rgb", "flow")
 # Videos whose attention maps / confidences are drawn.
 NUM_FIGURE_VIDEOS = 3
@@ -106,7 +105,7 @@ def format_table(entries: Sequence[dict]) -> str:
 def run(workdir: str, rows: Sequence[str], seed: int = 0, steps: int = 0) -> dict:
   """The demo as a function (the CLI and the end-to-end test call it)."""
   os.makedirs(workdir, exist_ok=True)
-  experiment.use_compilation_cache(os.path.join(workdir, COMPILATION_CACHE_DIR))
+  experiment.use_compilation_cache(workdir)
   start = time.time()
   videos, shards = make_dataset(workdir, seed)
   with open(os.path.join(shards, "manifest.json")) as f:

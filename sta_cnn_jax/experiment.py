@@ -42,20 +42,24 @@ EPE_BATCHES = 4
 TAM_PROBE_DIR = 'tam_probe'
 # Compiles shorter than this are not written to the persistent compilation cache.
 CACHE_MIN_COMPILE_SECONDS = 1.0
+# The cache's folder inside an experiment's output folder (demo workdir, fidelity --out).
+COMPILATION_CACHE_DIR = 'jax_cache'
 NULL_MECHANISM = {'tam_precision': None, 'tam_base_rate': None, 'dcw_precision': None,
                   'dcw_base_rate': None, 'entropy_in_window': None,
                   'entropy_outside_window': None, 'attention_in_box': None,
                   'box_area_fraction': None}
 
 
-def use_compilation_cache(directory: str) -> None:
-  """Keeps XLA's compiled programs in `directory` (JAX's persistent compilation cache).
+def use_compilation_cache(out_dir: str) -> None:
+  """Keeps XLA's compiled programs in `out_dir`/COMPILATION_CACHE_DIR (JAX's persistent
+  compilation cache).
 
   Every run of one row and stream compiles the same programs (init, train step, PreciseBN,
   eval); a seed changes only their inputs. On 2 CPU cores a BN-Inception train step takes
   ~60-80 s to compile and the step itself ~0.1 s, so seeds after the first, and re-runs, start
   training at once.
   """
+  directory = os.path.join(out_dir, COMPILATION_CACHE_DIR)
   os.makedirs(directory, exist_ok=True)
   jax.config.update('jax_compilation_cache_dir', directory)
   jax.config.update('jax_persistent_cache_min_compile_time_secs', CACHE_MIN_COMPILE_SECONDS)
