@@ -54,6 +54,7 @@ from data_prep import synthetic
 from data_prep import validation_split
 from sta_cnn_jax import experiment
 from sta_cnn_jax import input_pipeline
+from sta_cnn_jax import job_pool
 from sta_cnn_jax import mechanism
 from sta_cnn_jax import metrics
 from sta_cnn_jax import visualize
@@ -261,6 +262,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   ap.add_argument('--validation', action='store_true',
                   help='Score on a validation split carved from the training groups.')
   ap.add_argument('--steps', type=int, default=0, help='Override the training steps per run.')
+  ap.add_argument('--san_steps', type=int, default=0,
+                  help='Override the SAN pre-training steps (0: configs/demo.py).')
+  ap.add_argument('--jobs', type=int, default=0,
+                  help='Runs side by side, one core each (0: one per core on a CPU host, 1 on '
+                       'an accelerator; sta_cnn_jax/job_pool.py).')
   ap.add_argument('--data_seed', type=int, default=0, help='Seed of the synthetic data set.')
   return ap.parse_args(argv)
 
@@ -280,30 +286,33 @@ def main(argv: Sequence[str]) -> dict:
            if data['boxes'] else None)
   steps = {m: args.steps or (int(miniature.SCHEDULE[m][1] * QUICK_STEP_FRACTION)
                              if args.quick else 0) for m in STREAMS}
-  san_rows = [r for r in rows
-              if miniature.run_config('rgb', r, data['shards']).model.spatial_attention]
-  entries, epe = [], []
-  for seed in seeds:
-    san_weights = ''
-    if san_rows:
-      san_weights, report = experiment.pretrain_san_with_epe(
-          miniature.run_config('rgb', san_rows[0], data['shards'], seed, steps['rgb']),
-          os.path.join(args.out, 'san', f'seed{seed}'))
-      epe.append(report)
-    for row in rows:
-      streams = []
-      for modality in STREAMS:
-        config = miniature.run_config(modality, row, data['shards'], seed, steps[modality],
-                                        san_weights)
-        figures = os.path.join(args.out, 'figures', f'{modality}_{row}') if seed == 0 else None
-        entry, scores = experiment.train_and_score(
-            config, os.path.join(args.out, 'runs', f'{modality}_{row}_seed{seed}'),
-            data['classes'], truth, figures, FIGURE_VIDEOS)
-        entries.append(entry)
-        streams.append(scores)
-        print(json.dumps({k: entry[k] for k in ('row', 'modality', 'seed', 'ave_top1',
-                                                'dcw_top1', 'train_seconds')}), flush=True)
-      entries.append(experiment.fusion_entry(row, seed, streams, len(data['classes'])))
+  run_configs = {(m, r, seed): miniature.run_config(m, r, data['shards'], seed, steps[m],
+                                                   san_steps=args.san_steps)
+                 for seed in seeds for r in rows for m in STREAMS}
+  san_rows = [r for r in rows if run_configs[('rgb', r, seeds[0])].model.spatial_attention]
+  san_configs = {seed: run_configs[('rgb', san_rows[0], seed)] for seed in seeds} if san_rows else {}
+  jobs = experiment.experiment_jobs(
+      run_configs, san_configs,
+      {k: os.path.join(args.out, 'runs', experiment.run_name(k)) for k in run_configs},
+      {seed: os.path.join(args.out, 'san', f'seed{seed}') for seed in seeds},
+      data['classes'], truth,
+      {k: os.path.join(args.out, 'figures', f'{k[0]}_{k[1]}') for k in run_configs if k[2] == 0},
+      FIGURE_VIDEOS)
+  workers = args.jobs or job_pool.default_workers()
+  print(f'{len(jobs)} runs on {workers} worker(s)', flush=True)
+
+  def report(job, result, seconds):
+    if job.name.startswith('san'):
+      print(json.dumps({'job': job.name, **result[1]}), flush=True)
+    else:
+      entry = result[0]
+      print(json.dumps({'job': job.name, **{k: entry[k] for k in (
+          'ave_top1', 'dcw_top1', 'train_seconds', 'eval_seconds')}}), flush=True)
+
+  results = job_pool.run_jobs(
+      jobs, workers, (experiment.prepare_worker, (args.out, logging.get_verbosity())), report)
+  entries = experiment.collect_entries(results, rows, STREAMS, seeds, len(data['classes']))
+  epe = [results[experiment.san_name(seed)][1] for seed in san_configs]
   summary = summarize(entries)
   checks = orderings(entries, rows)
   wall = time.time() - start
@@ -313,7 +322,8 @@ def main(argv: Sequence[str]) -> dict:
             f"Command: `python -m benchmarks.fidelity {' '.join(argv)}`\n\n"
             f"Narrow BN-Inception (width x{miniature.WIDTH_MULTIPLIER}), "
             f"{miniature.CROP_SIZE}px crops, from random weights: a miniature, not the paper's "
-            f"network. Rows compared on {ORDERING_METHOD.upper()} top-1.")
+            f"network. Rows compared on {ORDERING_METHOD.upper()} top-1. {len(jobs)} runs on "
+            f"{workers} worker process(es) (sta_cnn_jax/job_pool.py).")
   figure = accuracy_figure(summary, rows, args.out)
   result = {'command': f"python -m benchmarks.fidelity {' '.join(argv)}", 'split': split,
             'wall_seconds': round(wall, 1), 'devices': [str(d) for d in jax.devices()],

@@ -118,16 +118,16 @@ def get_demo_config(arg: str = 'rgb,sta_ts3x3_3x1') -> ml_collections.ConfigDict
 
 
 def run_config(modality: str, row: str, data_dir: str, seed: int = 0, steps: int = 0,
-               san_weights: str = '', demo: bool = False) -> ml_collections.ConfigDict:
+               demo: bool = False, san_steps: int = 0) -> ml_collections.ConfigDict:
   """The config of one run of the demo (`demo=True`) or of benchmarks/fidelity.py: shards in
-  data_dir, a seed, optionally fewer steps (training and SAN pre-training), and the
-  pre-trained SAN for RGB rows with spatial attention."""
+  data_dir, a seed, optionally other step counts (training; SAN pre-training). The pre-trained
+  SAN of an RGB row with spatial attention is set when it exists
+  (experiment.train_and_score's `san`)."""
   config = (get_demo_config if demo else get_config)(f'{modality},{row}')
   config.data_dir = data_dir
   config.seed = seed
   if steps:
     config.num_train_steps = steps
-    config.san_pretrain.num_steps = steps
-  if config.model.spatial_attention and modality == 'rgb':
-    config.init.san_weights = san_weights
+  if san_steps:
+    config.san_pretrain.num_steps = san_steps
   return config

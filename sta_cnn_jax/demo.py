@@ -29,11 +29,13 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
+import tqdm
 
 from configs import demo as demo_config
 from data_prep import prepare as prepare_lib
 from data_prep import synthetic
 from sta_cnn_jax import experiment
+from sta_cnn_jax import job_pool
 from sta_cnn_jax import mechanism
 from sta_cnn_jax import metrics
 
@@ -44,6 +46,9 @@ _ROWS = flags.DEFINE_list("rows", ["sta_ts3x3_3x1"],
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the synthetic dataset and of training.")
 _STEPS = flags.DEFINE_integer("steps", 0, "Training steps per run (0: configs/demo.py's "
                               "DEMO_STEPS; the miniature recipe itself trains SCHEDULE's steps).")
+
+_JOBS = flags.DEFINE_integer("jobs", 0, "Runs side by side, one core each (0: one per core on "
+                             "a CPU host, 1 on an accelerator; sta_cnn_jax/job_pool.py).")
 
 SYNTHETIC_DIR = "synthetic"
 SHARDS_DIR = "data"
@@ -76,9 +81,8 @@ def make_dataset(workdir: str, seed: int) -> tuple[str, str]:
   return videos, shards
 
 
-def row_config(row: str, modality: str, shards: str, seed: int = 0, san_weights: str = "",
-               steps: int = 0):
-  return demo_config.run_config(modality, row, shards, seed, steps, san_weights, demo=True)
+def row_config(row: str, modality: str, shards: str, seed: int = 0, steps: int = 0):
+  return demo_config.run_config(modality, row, shards, seed, steps, demo=True, san_steps=steps)
 
 
 def _ratio(value, chance) -> str:
@@ -102,8 +106,10 @@ def format_table(entries: Sequence[dict]) -> str:
   return "\n".join(lines)
 
 
-def run(workdir: str, rows: Sequence[str], seed: int = 0, steps: int = 0) -> dict:
-  """The demo as a function (the CLI and the end-to-end test call it)."""
+def run(workdir: str, rows: Sequence[str], seed: int = 0, steps: int = 0,
+        workers: int = 0) -> dict:
+  """The demo as a function (the CLI and the end-to-end test call it). workers: runs side by
+  side, one core each (0: job_pool.default_workers())."""
   os.makedirs(workdir, exist_ok=True)
   experiment.use_compilation_cache(workdir)
   start = time.time()
@@ -112,24 +118,22 @@ def run(workdir: str, rows: Sequence[str], seed: int = 0, steps: int = 0) -> dic
     classes = json.load(f)["classes"]
   truth = mechanism.load_ground_truth(os.path.join(videos, synthetic.BOXES_FILE),
                                       demo_config.FRAME_SIZE)
-  san_weights, san_report = "", None
-  san_rows = [r for r in rows if row_config(r, "rgb", shards).model.spatial_attention]
-  if san_rows:
-    san_weights, san_report = experiment.pretrain_san_with_epe(
-        row_config(san_rows[0], "rgb", shards, seed, steps=steps), os.path.join(workdir, SAN_DIR))
-  entries = []
-  for row in rows:
-    streams = []
-    for modality in STREAMS:
-      config = row_config(row, modality, shards, seed, san_weights, steps)
-      entry, scores = experiment.train_and_score(
-          config, os.path.join(workdir, f"{modality}_{row}"), classes, truth,
-          os.path.join(workdir, FIGURES_DIR, f"{modality}_{row}"), NUM_FIGURE_VIDEOS)
-      entries.append(entry)
-      streams.append(scores)
-    fused = experiment.fusion_entry(row, seed, streams, len(classes))
-    fused["row_name"] = entries[-1]["row_name"]
-    entries.append(fused)
+  run_configs = {(m, r, seed): row_config(r, m, shards, seed, steps)
+                 for r in rows for m in STREAMS}
+  san_rows = [r for r in rows if run_configs[("rgb", r, seed)].model.spatial_attention]
+  san_configs = {seed: run_configs[("rgb", san_rows[0], seed)]} if san_rows else {}
+  jobs = experiment.experiment_jobs(
+      run_configs, san_configs, {k: os.path.join(workdir, f"{k[0]}_{k[1]}") for k in run_configs},
+      {seed: os.path.join(workdir, SAN_DIR)}, classes, truth,
+      {k: os.path.join(workdir, FIGURES_DIR, f"{k[0]}_{k[1]}") for k in run_configs},
+      NUM_FIGURE_VIDEOS)
+  workers = min(workers or job_pool.default_workers(), len(jobs))
+  with tqdm.tqdm(total=len(jobs), desc=f"runs ({workers} side by side)", unit="run") as bar:
+    results = job_pool.run_jobs(
+        jobs, workers, (experiment.prepare_worker, (workdir, logging.get_verbosity())),
+        lambda job, result, seconds: bar.update(1))
+  entries = experiment.collect_entries(results, rows, STREAMS, [seed], len(classes))
+  san_report = results[experiment.san_name(seed)][1] if san_configs else None
   table = format_table(entries)
   with open(os.path.join(workdir, "results.md"), "w") as f:
     f.write(table + "\n")
@@ -147,7 +151,7 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)   # progress bars + the final table; --verbosity=0 for logs
   start = time.time()
-  result = run(_WORKDIR.value, _ROWS.value, _SEED.value, _STEPS.value)
+  result = run(_WORKDIR.value, _ROWS.value, _SEED.value, _STEPS.value, _JOBS.value)
   entries = result["entries"]
   print(f"\nSTA-CNN demo: a MINIATURE (narrow BN-Inception x{demo_config.WIDTH_MULTIPLIER}, "
         f"{demo_config.CROP_SIZE}px crops, random init) on synthetic videos; test split of "

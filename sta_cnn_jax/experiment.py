@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -29,6 +30,7 @@ from sta_cnn_jax import checkpoints
 from sta_cnn_jax import evaluate as evaluate_lib
 from sta_cnn_jax import fuse
 from sta_cnn_jax import input_pipeline
+from sta_cnn_jax import job_pool
 from sta_cnn_jax import losses
 from sta_cnn_jax import mechanism
 from sta_cnn_jax import metrics
@@ -44,6 +46,9 @@ TAM_PROBE_DIR = 'tam_probe'
 CACHE_MIN_COMPILE_SECONDS = 1.0
 # The cache's folder inside an experiment's output folder (demo workdir, fidelity --out).
 COMPILATION_CACHE_DIR = 'jax_cache'
+# Step time of an RGB row with the SAN against the same row without (configs/demo.py, one core:
+# SAM-CNN3 533 ms vs TSN N=3 326 ms; STA 942 vs TAM 570).
+SAN_COST_FACTOR = 1.6
 NULL_MECHANISM = {'tam_precision': None, 'tam_base_rate': None, 'dcw_precision': None,
                   'dcw_base_rate': None, 'entropy_in_window': None,
                   'entropy_outside_window': None, 'attention_in_box': None,
@@ -63,6 +68,27 @@ def use_compilation_cache(out_dir: str) -> None:
   os.makedirs(directory, exist_ok=True)
   jax.config.update('jax_compilation_cache_dir', directory)
   jax.config.update('jax_persistent_cache_min_compile_time_secs', CACHE_MIN_COMPILE_SECONDS)
+
+
+def prepare_worker(out_dir: str, verbosity: int) -> None:
+  """A job_pool worker's set-up: the shared compilation cache and the parent's log level."""
+  logging.set_verbosity(verbosity)
+  use_compilation_cache(out_dir)
+
+
+def run_cost(config: ml_collections.ConfigDict) -> float:
+  """Relative run time of training `config` (job_pool starts the costliest first): snippets
+  a step, and the SAN an RGB spatial-attention row also runs (~1.6x in the miniature)."""
+  cost = float(config.num_train_steps * config.batch_size * config_base.num_snippets(config))
+  if config.model.spatial_attention and config.modality == 'rgb':
+    cost *= SAN_COST_FACTOR
+  return cost
+
+
+def san_cost(config: ml_collections.ConfigDict) -> float:
+  """Relative run time of SAN pre-training (job_pool: its dependants' cost is added)."""
+  p = config.san_pretrain
+  return float(p.num_steps * p.batch_size * p.num_segments)
 
 
 def san_epe(config: ml_collections.ConfigDict, params: Any,
@@ -150,13 +176,17 @@ def test_mechanism(config: ml_collections.ConfigDict, segments: dict,
 
 def train_and_score(config: ml_collections.ConfigDict, workdir: str, classes: Sequence[str],
                     truth: Optional[dict], figures_dir: Optional[str] = None,
-                    figure_videos: int = 3) -> tuple[dict, dict]:
+                    figure_videos: int = 3, san: Optional[tuple[str, dict]] = None
+                    ) -> tuple[dict, dict]:
   """Trains `config` in `workdir` (resuming), scores it; returns (entry, fusion input).
 
   The fusion input is {'video_id', 'label', 'ave', 'dcw'} (video-level scores, fuse.py).
+  san: a `pretrain_san_with_epe` result; its export initialises the SAN (init.san_weights).
   """
   config = config.copy_and_resolve_references()
   config.eval.at_end = False
+  if san is not None:
+    config.init.san_weights = san[0]
   start = time.time()
   state = train.train_and_evaluate(config, workdir)
   train_seconds = time.time() - start
@@ -197,3 +227,62 @@ def fusion_entry(row: str, seed: int, streams: Sequence[dict], num_classes: int,
           'ave_mean_class_accuracy': summary['ave']['mean_class_accuracy'],
           'dcw_mean_class_accuracy': summary['dcw']['mean_class_accuracy'],
           'fusion_weights': weights, **NULL_MECHANISM}
+
+
+# ---------------------------------------------------------------------------------------------
+# Many runs (demo, benchmarks/fidelity.py) through job_pool.
+# ---------------------------------------------------------------------------------------------
+
+RunKey = tuple[str, str, int]       # (modality, row, seed)
+
+
+def run_name(key: RunKey) -> str:
+  modality, row, seed = key
+  return f'{modality}_{row}_seed{seed}'
+
+
+def san_name(seed: int) -> str:
+  return f'san_seed{seed}'
+
+
+def experiment_jobs(run_configs: Mapping[RunKey, ml_collections.ConfigDict],
+                    san_configs: Mapping[int, ml_collections.ConfigDict],
+                    run_dirs: Mapping[RunKey, str], san_dirs: Mapping[int, str],
+                    classes: Sequence[str], truth: Optional[dict],
+                    figure_dirs: Mapping[RunKey, str], figure_videos: int
+                    ) -> list[job_pool.Job]:
+  """One `train_and_score` job per run and one `pretrain_san_with_epe` job per seed in
+  `san_configs`; an RGB run with spatial attention needs its seed's SAN. A SAN job costs its
+  own run plus its costliest dependant, so it starts before the runs that wait for it."""
+  jobs, waiting = [], {}
+  for key, config in run_configs.items():
+    modality, _, seed = key
+    needs = {}
+    if config.model.spatial_attention and modality == 'rgb':
+      needs = {'san': san_name(seed)}
+      waiting[seed] = max(waiting.get(seed, 0.0), run_cost(config))
+    jobs.append(job_pool.Job(
+        run_name(key), train_and_score,
+        dict(config=config, workdir=run_dirs[key], classes=classes, truth=truth,
+             figures_dir=figure_dirs.get(key), figure_videos=figure_videos),
+        needs, run_cost(config)))
+  for seed, config in san_configs.items():
+    jobs.append(job_pool.Job(san_name(seed), pretrain_san_with_epe,
+                             dict(config=config, workdir=san_dirs[seed]),
+                             cost=san_cost(config) + waiting.get(seed, 0.0)))
+  return jobs
+
+
+def collect_entries(results: Mapping[str, Any], rows: Sequence[str], streams: Sequence[str],
+                    seeds: Sequence[int], num_classes: int) -> list[dict]:
+  """Entries of finished `experiment_jobs` in (seed, row, stream) order, each row's streams
+  followed by their fusion."""
+  entries = []
+  for seed in seeds:
+    for row in rows:
+      scored = [results[run_name((m, row, seed))] for m in streams]
+      entries += [entry for entry, _ in scored]
+      fused = fusion_entry(row, seed, [scores for _, scores in scored], num_classes)
+      fused['row_name'] = scored[-1][0]['row_name']
+      entries.append(fused)
+  return entries
