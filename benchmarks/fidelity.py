@@ -2,7 +2,7 @@ r"""Fidelity: a seeded miniature of the paper's Tables 1-3 and the two-stream fu
 
     python -m benchmarks.fidelity --out=DIR [--videos=DIR --splits=DIR [--boxes=FILE]]
         [--seeds=3] [--rows=baseline,tsn3,tam_ts3x3_3x1,sam_cnn3,sta_ts3x3_3x1] [--quick]
-        [--validation] [--steps=N]
+        [--validation] [--steps=N] [--san_steps=N] [--jobs=N] [--report]
 
 Does the implementation LEARN, and does each attention do what the paper says? Every row is
 trained from random weights with the miniature recipe of configs/demo.py (a narrow
@@ -28,6 +28,9 @@ Mechanism metrics (sta_cnn_jax.mechanism), each beside its chance level:
   attention_in_box spatial attention mass inside the object's box (SAM / STA rows); chance
                    `box_area_fraction`.
   entropy          mean segment entropy inside / outside the evidence window.
+
+Independent runs go side by side, one worker process per CPU core (sta_cnn_jax/job_pool.py);
+`--report` only re-writes the report of a finished --out from its saved scores.
 
 Writes DIR/results.json ({"entries": [...], one per (row, modality, seed)}, plus summaries and
 the orderings of the paper, each holding or not with its per-seed differences), DIR/results.md
@@ -57,6 +60,7 @@ from sta_cnn_jax import input_pipeline
 from sta_cnn_jax import job_pool
 from sta_cnn_jax import mechanism
 from sta_cnn_jax import metrics
+from sta_cnn_jax import modalities
 from sta_cnn_jax import visualize
 
 DEFAULT_ROWS = ('baseline', 'tsn3', 'tam_ts3x3_3x1', 'sam_cnn3', 'sta_ts3x3_3x1')
@@ -116,8 +120,9 @@ def prepare_data(args: argparse.Namespace) -> dict:
 # Summaries.
 # ---------------------------------------------------------------------------------------------
 
-METRIC_KEYS = ('ave_top1', 'dcw_top1', 'tam_precision', 'tam_base_rate', 'dcw_precision',
-               'dcw_base_rate', 'attention_in_box', 'box_area_fraction', 'entropy_in_window',
+METRIC_KEYS = ('ave_top1', 'dcw_top1', 'tam_precision', 'tam_base_rate', 'tam_best_precision',
+               'dcw_precision', 'dcw_base_rate', 'dcw_best_precision', 'attention_in_box',
+               'box_area_fraction', 'entropy_in_window',
                'entropy_outside_window')
 
 
@@ -204,21 +209,26 @@ def format_markdown(summary: Sequence[dict], checks: Sequence[dict], epe: Sequen
                     header: str) -> str:
   lines = [header, '',
            '| row | stream | seeds | DCW top-1 % (mean ± std) [95% CI] | AVE top-1 % [95% CI] | '
-           'chance % | TAM prec. (base) | DCW prec. (base) | attention in box (area) | '
+           'chance % | TAM prec. (base; best possible) | DCW prec. (base; best possible) | '
+           'attention in box (area) | '
            'H in / out window |', '|' + '---|' * 10]
   for s in summary:
     ci = lambda k: f"[{100 * s[k][0]:.1f}, {100 * s[k][1]:.1f}]"
-    pair = lambda a, b: ('—' if s[a] is None else
-                         f"{_fmt(s[a], False)} ({_fmt(s[b], False)})")
+    pair = lambda a, b, c=None: ('—' if s[a] is None else
+                                 f"{_fmt(s[a], False)} ({_fmt(s[b], False)}"
+                                 + (f"; {s[c]['mean']:.3f})" if c and s.get(c) else ')'))
     entropy = ('—' if s['entropy_in_window'] is None else
                f"{s['entropy_in_window']['mean']:.2f} / {s['entropy_outside_window']['mean']:.2f}")
     lines.append(f"| {s['row']} | {s['modality']} | {s['seeds']} | {_fmt(s['dcw_top1'])} "
                  f"{ci('dcw_top1_interval95')} | {_fmt(s['ave_top1'])} "
                  f"{ci('ave_top1_interval95')} | {100 * s['chance']:.1f} | "
-                 f"{pair('tam_precision', 'tam_base_rate')} | "
-                 f"{pair('dcw_precision', 'dcw_base_rate')} | "
+                 f"{pair('tam_precision', 'tam_base_rate', 'tam_best_precision')} | "
+                 f"{pair('dcw_precision', 'dcw_base_rate', 'dcw_best_precision')} | "
                  f"{pair('attention_in_box', 'box_area_fraction')} | {entropy} |")
-  lines += ['', '95% CI: Wilson interval of the accuracy over all seeds\' test videos pooled.', '',
+  lines += ['', '95% CI: Wilson interval of the accuracy over all seeds\' test videos pooled. '
+            'Best possible: the precision of a perfect selector of the same shape '
+            '(TS(3x3,3x1) must pick a snippet in every segment, also where the evidence window '
+            'does not reach; sta_cnn_jax/mechanism.py).', '',
             '| ordering (paper) | holds | mean diff (pts) | std | per seed |', '|---|---|---|---|---|']
   for c in checks:
     lines.append(f"| {c['claim']} | {'yes' if c['holds'] else 'NO'} | {100 * c['mean']:+.1f} | "
@@ -267,33 +277,27 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   ap.add_argument('--jobs', type=int, default=0,
                   help='Runs side by side, one core each (0: one per core on a CPU host, 1 on '
                        'an accelerator; sta_cnn_jax/job_pool.py).')
+  ap.add_argument('--report', action='store_true',
+                  help='Only re-write results.md / results.json / figures from --out\'s '
+                       'results.json and saved scores (no training, no evaluation).')
   ap.add_argument('--data_seed', type=int, default=0, help='Seed of the synthetic data set.')
   return ap.parse_args(argv)
 
 
-def main(argv: Sequence[str]) -> dict:
-  args = parse_args(argv)
-  logging.set_verbosity(logging.WARNING)
-  rows = [r.strip() for r in args.rows.split(',') if r.strip()]
-  for row in rows:
-    config_base.parse_arg(row)                     # clear error for an unknown row
-  seeds = list(range(1 if args.quick else args.seeds))
-  os.makedirs(args.out, exist_ok=True)
-  experiment.use_compilation_cache(args.out)  # seeds after the first skip compilation
-  start = time.time()
-  data = prepare_data(args)
-  truth = (mechanism.load_ground_truth(data['boxes'], miniature.FRAME_SIZE)
-           if data['boxes'] else None)
+def train_all(args: argparse.Namespace, rows: Sequence[str], seeds: Sequence[int], data: dict,
+              truth: Optional[dict]) -> tuple[list[dict], list[dict], str]:
+  """Every (row, stream, seed) run and each seed's SAN pre-training through job_pool.
+  Returns (entries, SAN EPE reports, a note on how the runs were spread)."""
   steps = {m: args.steps or (int(miniature.SCHEDULE[m][1] * QUICK_STEP_FRACTION)
                              if args.quick else 0) for m in STREAMS}
   run_configs = {(m, r, seed): miniature.run_config(m, r, data['shards'], seed, steps[m],
                                                    san_steps=args.san_steps)
                  for seed in seeds for r in rows for m in STREAMS}
   san_rows = [r for r in rows if run_configs[('rgb', r, seeds[0])].model.spatial_attention]
-  san_configs = {seed: run_configs[('rgb', san_rows[0], seed)] for seed in seeds} if san_rows else {}
+  san_configs = ({seed: run_configs[('rgb', san_rows[0], seed)] for seed in seeds}
+                 if san_rows else {})
   jobs = experiment.experiment_jobs(
-      run_configs, san_configs,
-      {k: os.path.join(args.out, 'runs', experiment.run_name(k)) for k in run_configs},
+      run_configs, san_configs, {k: run_dir(args.out, k) for k in run_configs},
       {seed: os.path.join(args.out, 'san', f'seed{seed}') for seed in seeds},
       data['classes'], truth,
       {k: os.path.join(args.out, 'figures', f'{k[0]}_{k[1]}') for k in run_configs if k[2] == 0},
@@ -313,22 +317,78 @@ def main(argv: Sequence[str]) -> dict:
       jobs, workers, (experiment.prepare_worker, (args.out, logging.get_verbosity())), report)
   entries = experiment.collect_entries(results, rows, STREAMS, seeds, len(data['classes']))
   epe = [results[experiment.san_name(seed)][1] for seed in san_configs]
+  return entries, epe, f'{len(jobs)} runs on {workers} worker process(es) (sta_cnn_jax/job_pool.py)'
+
+
+def run_dir(out: str, key: experiment.RunKey) -> str:
+  return os.path.join(out, 'runs', experiment.run_name(key))
+
+
+def add_best_precisions(entries: Sequence[dict], out: str, shards: str,
+                        truth: Optional[dict]) -> None:
+  """--report on a results.json written before the best-possible precisions existed: fills
+  them in from each run's saved scores (its video ids) and the ground truth."""
+  if truth is None:
+    return
+  for e in entries:
+    if e['modality'] == FUSION:
+      continue
+    config = miniature.run_config(e['modality'], e['row'], shards, e['seed'])
+    scores = os.path.join(run_dir(out, (e['modality'], e['row'], e['seed'])),
+                          modalities.SCORES_FILE)
+    if e.get('dcw_precision') is not None and e.get('dcw_best_precision') is None:
+      e['dcw_best_precision'] = experiment.dcw_best_precision(
+          config, np.load(scores)['video_id'].tolist(), truth)
+    if e.get('tam_precision') is not None and e.get('tam_best_precision') is None:
+      probe = os.path.join(os.path.dirname(scores), experiment.TAM_PROBE_DIR,
+                           modalities.SCORES_FILE)
+      e['tam_best_precision'] = experiment.tam_best_precision(
+          config, np.load(probe)['video_id'].tolist(), truth)
+
+
+def main(argv: Sequence[str]) -> dict:
+  args = parse_args(argv)
+  logging.set_verbosity(logging.WARNING)
+  command = f"python -m benchmarks.fidelity {' '.join(argv)}"
+  start = time.time()
+  os.makedirs(args.out, exist_ok=True)
+  experiment.use_compilation_cache(args.out)  # seeds after the first skip compilation
+  data = prepare_data(args)
+  truth = (mechanism.load_ground_truth(data['boxes'], miniature.FRAME_SIZE)
+           if data['boxes'] else None)
+  if args.report:
+    with open(os.path.join(args.out, 'results.json')) as f:
+      previous = json.load(f)
+    entries, epe = previous['entries'], previous['san_pretraining']
+    add_best_precisions(entries, args.out, data['shards'], truth)
+    rows = list(dict.fromkeys(e['row'] for e in entries))
+    seeds = sorted({e['seed'] for e in entries})
+    command, wall = previous['command'], previous['wall_seconds']
+    spread = previous.get('runs', 'runs as in the first invocation')
+    split = previous['split']
+  else:
+    rows = [r.strip() for r in args.rows.split(',') if r.strip()]
+    for row in rows:
+      config_base.parse_arg(row)                     # clear error for an unknown row
+    seeds = list(range(1 if args.quick else args.seeds))
+    entries, epe, spread = train_all(args, rows, seeds, data, truth)
+    wall = time.time() - start
+    split = 'validation (carved from training groups)' if args.validation else 'test'
   summary = summarize(entries)
   checks = orderings(entries, rows)
-  wall = time.time() - start
-  split = 'validation (carved from training groups)' if args.validation else 'test'
   header = (f"# Fidelity miniature ({split} split, {entries[0]['num_test_videos']} videos, "
             f"{len(data['classes'])} classes, seeds {seeds}, wall {wall / 60:.1f} min)\n\n"
-            f"Command: `python -m benchmarks.fidelity {' '.join(argv)}`\n\n"
+            f"Command: `{command}`\n\n"
             f"Narrow BN-Inception (width x{miniature.WIDTH_MULTIPLIER}), "
             f"{miniature.CROP_SIZE}px crops, from random weights: a miniature, not the paper's "
-            f"network. Rows compared on {ORDERING_METHOD.upper()} top-1. {len(jobs)} runs on "
-            f"{workers} worker process(es) (sta_cnn_jax/job_pool.py).")
+            f"network. Rows compared on {ORDERING_METHOD.upper()} top-1. {spread}.")
   figure = accuracy_figure(summary, rows, args.out)
-  result = {'command': f"python -m benchmarks.fidelity {' '.join(argv)}", 'split': split,
-            'wall_seconds': round(wall, 1), 'devices': [str(d) for d in jax.devices()],
-            'entries': entries, 'summary': summary, 'orderings': checks,
-            'san_pretraining': epe, 'figures': [figure]}
+  result = {'command': command, 'split': split, 'wall_seconds': round(wall, 1), 'runs': spread,
+            'devices': [str(d) for d in jax.devices()], 'entries': entries,
+            'summary': summary, 'orderings': checks, 'san_pretraining': epe,
+            'figures': [figure]}
+  if args.report:
+    result['report_command'] = f"python -m benchmarks.fidelity {' '.join(argv)}"
   with open(os.path.join(args.out, 'results.json'), 'w') as f:
     json.dump(result, f, indent=1)
   markdown = format_markdown(summary, checks, epe, header)

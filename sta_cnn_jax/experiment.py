@@ -49,10 +49,10 @@ COMPILATION_CACHE_DIR = 'jax_cache'
 # Step time of an RGB row with the SAN against the same row without (configs/demo.py, one core:
 # SAM-CNN3 533 ms vs TSN N=3 326 ms; STA 942 vs TAM 570).
 SAN_COST_FACTOR = 1.6
-NULL_MECHANISM = {'tam_precision': None, 'tam_base_rate': None, 'dcw_precision': None,
-                  'dcw_base_rate': None, 'entropy_in_window': None,
-                  'entropy_outside_window': None, 'attention_in_box': None,
-                  'box_area_fraction': None}
+NULL_MECHANISM = {'tam_precision': None, 'tam_base_rate': None, 'tam_best_precision': None,
+                  'dcw_precision': None, 'dcw_base_rate': None, 'dcw_best_precision': None,
+                  'entropy_in_window': None, 'entropy_outside_window': None,
+                  'attention_in_box': None, 'box_area_fraction': None}
 
 
 def use_compilation_cache(out_dir: str) -> None:
@@ -130,6 +130,28 @@ def pretrain_san_with_epe(config: ml_collections.ConfigDict, workdir: str
                   'zero_flow_epe': after['zero_flow_epe'], 'seconds': round(seconds, 1)}
 
 
+def _tam_groups(config: ml_collections.ConfigDict) -> Optional[int]:
+  t = config.temporal
+  return t.num_segments if t.snippets_per_segment > 1 else None
+
+
+def tam_best_precision(config: ml_collections.ConfigDict, video_ids: Sequence[str],
+                       truth: dict) -> float:
+  """The TAM precision a perfect selector of the row's shape reaches on these (training)
+  videos (mechanism.best_selection_precision)."""
+  inside, _ = mechanism.in_window(video_ids, truth, config_base.num_snippets(config),
+                                  config.modality)
+  return mechanism.best_selection_precision(inside, config.temporal.top_n, _tam_groups(config))
+
+
+def dcw_best_precision(config: ml_collections.ConfigDict, video_ids: Sequence[str],
+                       truth: dict) -> float:
+  """The DCW precision a perfect top-k of the test segments reaches on these videos."""
+  num_segments = config.eval.num_segments
+  inside, _ = mechanism.in_window(video_ids, truth, num_segments, config.modality)
+  return mechanism.best_selection_precision(inside, min(config.eval.dcw_top_k, num_segments))
+
+
 def tam_probe(config: ml_collections.ConfigDict, variables: Any, model: Any, workdir: str,
               truth: Optional[dict]) -> dict[str, Optional[float]]:
   """TAM precision on the TRAINING videos: the trained network (eval mode) scores the row's
@@ -137,18 +159,18 @@ def tam_probe(config: ml_collections.ConfigDict, variables: Any, model: Any, wor
   the selected snippets are checked against the evidence window. Nulls without TAM / truth."""
   t = config.temporal
   if t.consensus != 'tam' or truth is None:
-    return {'tam_precision': None, 'tam_base_rate': None}
+    return {'tam_precision': None, 'tam_base_rate': None, 'tam_best_precision': None}
   probe = config.copy_and_resolve_references()
   probe.eval_split = config.train_split
   probe.eval.num_segments = config_base.num_snippets(config)
   segments = evaluate_lib.evaluate(probe, os.path.join(workdir, TAM_PROBE_DIR), variables,
                                    model)['segments']
-  groups = t.num_segments if t.snippets_per_segment > 1 else None
-  selected = mechanism.tam_selection(segments['segment_probs'], t.top_n, groups)
+  selected = mechanism.tam_selection(segments['segment_probs'], t.top_n, _tam_groups(config))
   inside, _ = mechanism.in_window(segments['video_id'], truth, probe.eval.num_segments,
                                   config.modality)
   p = mechanism.selection_precision(selected, inside)
-  return {'tam_precision': p['precision'], 'tam_base_rate': p['base_rate']}
+  return {'tam_precision': p['precision'], 'tam_base_rate': p['base_rate'],
+          'tam_best_precision': tam_best_precision(config, segments['video_id'], truth)}
 
 
 def test_mechanism(config: ml_collections.ConfigDict, segments: dict,
@@ -161,6 +183,7 @@ def test_mechanism(config: ml_collections.ConfigDict, segments: dict,
   inside, ref = mechanism.in_window(segments['video_id'], truth, probs.shape[1], config.modality)
   p = mechanism.dcw_precision(probs, inside, config.eval.dcw_top_k)
   out = {'dcw_precision': p['precision'], 'dcw_base_rate': p['base_rate'],
+         'dcw_best_precision': dcw_best_precision(config, segments['video_id'], truth),
          **mechanism.entropy_inside_outside(probs, inside),
          'attention_in_box': None, 'box_area_fraction': None}
   if config.model.spatial_attention:

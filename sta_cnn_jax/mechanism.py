@@ -15,6 +15,10 @@ would get:
   segment entropy     mean entropy H (Eq. 1) of test segments inside vs outside the window
                       (the TAM premise: evidence makes the network confident, H low).
 
+A selection's precision is also capped by the data: TS(N×M, N×top_m) picks top_m snippets in
+EVERY segment, also in segments the window does not reach. `best_selection_precision` is the
+precision of a perfect selector of the same shape (the ceiling beside each precision).
+
 A snippet's reference frame (the frame whose content it stands for): RGB, its first frame
 (the one the ACN sees); flow, the first frame of its middle field (fields t .. t+4 span frames
 t .. t+5). It lies in the window when start <= frame < stop.
@@ -90,6 +94,18 @@ def dcw_precision(segment_probs: np.ndarray, inside: np.ndarray, top_k: int) -> 
   alpha = np.asarray(temporal.confidence_from_probs(segment_probs))
   beta = np.asarray(temporal.temporal_attention_mask(alpha, min(top_k, alpha.shape[1])))
   return selection_precision(beta > 0, inside)
+
+
+def best_selection_precision(inside: np.ndarray, top_n: int,
+                             num_segments: Optional[int] = None) -> float:
+  """The highest precision a selection of Algorithm 1's shape can reach on (V, S) `inside`:
+  top_n of all S snippets, or top_n in each of `num_segments` equal groups, every pick inside
+  the window where the group has enough snippets inside."""
+  inside = np.asarray(inside, bool)
+  groups = inside.reshape(inside.shape[0], num_segments or 1, -1)
+  if top_n > groups.shape[-1]:
+    raise ValueError(f'mechanism.py: top_n={top_n} of {groups.shape[-1]} snippets a group')
+  return float(np.minimum(groups.sum(-1), top_n).mean() / top_n)
 
 
 def tam_selection(segment_probs: np.ndarray, top_n: int, num_segments: Optional[int]

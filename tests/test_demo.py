@@ -14,8 +14,11 @@ from sta_cnn_jax import metrics
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end(tmp_path):
+def test_demo_runs_end_to_end(tmp_path, monkeypatch):
   workdir = str(tmp_path / "demo")
+  # The demo's own data set, smaller (the path is the same).
+  monkeypatch.setattr(demo, "DATASET", dict(num_classes=4, videos_per_class=6, test_per_class=2,
+                                            frames=48, evidence_fraction=0.8))
   result = demo.run(workdir, ["sta_ts3x3_3x1"], steps=2)
   entries = result["entries"]
   assert [(e["row"], e["modality"]) for e in entries] == [
@@ -33,6 +36,10 @@ def test_demo_runs_end_to_end(tmp_path):
     for key in ("tam_precision", "tam_base_rate", "dcw_precision", "dcw_base_rate",
                 "attention_in_box", "box_area_fraction"):
       assert 0.0 <= entry[key] <= 1.0, key
+    # No selection beats a perfect one of its shape; a perfect one beats chance.
+    for what in ("tam", "dcw"):
+      assert entry[f"{what}_precision"] <= entry[f"{what}_best_precision"] + 1e-9
+      assert entry[f"{what}_best_precision"] >= entry[f"{what}_base_rate"]
     assert 0.0 < entry["box_area_fraction"] < 1.0
     for path in entry["figures"]:
       image = matplotlib.image.imread(path)

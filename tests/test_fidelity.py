@@ -40,3 +40,31 @@ def test_orderings_report_per_seed_differences_and_failures():
   table = fidelity.format_markdown(fidelity.summarize(ENTRIES), list(checks.values()), [], '#')
   assert '| rgb: STA-TS(3x3,3x1) > baseline | NO |' in table
   assert '[95% CI]' in table and '25.0 ± 5.0' in table
+
+
+def test_report_fills_best_possible_precisions_from_saved_scores(tmp_path):
+  """--report on an older results.json: each run's best-possible TAM / DCW precision from its
+  saved video ids and the ground truth, equal to a direct count."""
+  import os  # pylint: disable=g-import-not-at-top
+  from sta_cnn_jax import experiment, mechanism, modalities  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  truth = {f'v{i}': {'num_frames': 48, 'window': (int(s), int(s) + 24), 'boxes': [None] * 48}
+           for i, s in enumerate(rng.integers(0, 25, size=6))}
+  ids = sorted(truth)
+  row, modality = 'tam_ts3x3_3x1', 'rgb'
+  run = fidelity.run_dir(str(tmp_path), (modality, row, 0))
+  os.makedirs(os.path.join(run, experiment.TAM_PROBE_DIR))
+  np.savez(os.path.join(run, modalities.SCORES_FILE), video_id=np.array(ids[:2]))
+  np.savez(os.path.join(run, experiment.TAM_PROBE_DIR, modalities.SCORES_FILE),
+           video_id=np.array(ids[2:]))
+  entry = dict(_entry(row, modality, 0, 0.3, 0.3), tam_precision=0.6, tam_base_rate=0.5)
+  fused = _entry(row, 'fusion', 0, 0.4, 0.4)
+  fidelity.add_best_precisions([entry, fused], str(tmp_path), str(tmp_path), truth)
+  train_inside, _ = mechanism.in_window(ids[2:], truth, 9, modality)
+  test_inside, _ = mechanism.in_window(ids[:2], truth, 25, modality)
+  per_segment = np.mean([train_inside[v, 3 * g:3 * g + 3].any()
+                         for v in range(4) for g in range(3)])
+  assert entry['tam_best_precision'] == pytest.approx(per_segment)
+  assert entry['dcw_best_precision'] == pytest.approx(
+      np.mean([min(15, test_inside[v].sum()) / 15 for v in range(2)]))
+  assert 'tam_best_precision' not in fused

@@ -106,3 +106,20 @@ def test_load_ground_truth_rescales(tmp_path):
   (tmp_path / "bad.json").write_text("{}")
   with pytest.raises(ValueError, match="bad.json"):
     mechanism.load_ground_truth(str(tmp_path / "bad.json"))
+
+
+def test_best_selection_precision_is_a_perfect_selector_of_the_same_shape():
+  rng = np.random.default_rng(1)
+  inside = rng.random((7, 9)) < 0.4
+  # Brute force: the best top-1-per-group-of-3 selection picks an inside snippet in every group
+  # that has one; the best overall top-4 picks min(4, #inside) inside snippets.
+  per_group = np.mean([[inside[v, 3 * g:3 * g + 3].any() for g in range(3)] for v in range(7)])
+  assert mechanism.best_selection_precision(inside, 1, 3) == pytest.approx(per_group)
+  overall = np.mean([min(4, inside[v].sum()) / 4 for v in range(7)])
+  assert mechanism.best_selection_precision(inside, 4) == pytest.approx(overall)
+  # No trained selector beats it: the selection of any probabilities is at most the ceiling.
+  probs = rng.dirichlet(np.ones(4), size=(7, 9))
+  selected = mechanism.tam_selection(probs, 1, 3)
+  assert mechanism.selection_precision(selected, inside)["precision"] <= per_group + 1e-12
+  with pytest.raises(ValueError, match="top_n=4 of 3"):
+    mechanism.best_selection_precision(inside, 4, 3)
