@@ -10,8 +10,8 @@ from random weights (docs/miniature.md gives the measurements behind each choice
 - 96x128 (HxW) frames and 96x96 crops, so the attention grid is K = 3 (K^2 = 9 locations);
 - no partial BN (partial BN presumes ImageNet-initialised statistics) and PreciseBN after the
   last step (BN running averages lag far behind weights that move this fast);
-- batch 8 videos, Adam (SGD with momentum, the paper's, did not leave chance in the step budget
-  from random weights), linear warm-up then cosine decay to 0;
+- batch 16 videos (the demo: 8), Adam (SGD with momentum, the paper's, did not leave chance
+  in the step budget from random weights), linear warm-up then cosine decay to 0;
 - the SAL's Eq. 7 on layer-normalised features with weights shared over locations (named
   switches; the printed form stays available, see models/attention.py);
 - lower dropout (0.5); test protocol kept (25 segments, DCW top-15) with the centre view only.

@@ -135,8 +135,10 @@ def run(p_state: Any, p_step: Callable[[Any, Any], tuple[Any, dict]], batches: I
   state after the last step, with every checkpoint written.
   """
   report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
+  # Only process 0 draws; otherwise tqdm's own default (TQDM_DISABLE: job_pool's workers).
+  quiet = {'disable': True} if jax.process_index() > 0 else {}
   progress = tqdm.tqdm(total=num_steps, initial=start_step, desc=desc, unit='step',
-                       disable=jax.process_index() > 0, dynamic_ncols=True)
+                       dynamic_ncols=True, **quiet)
   pending = []   # (step, device metrics) not yet fetched
   checked = []   # (step, host metrics) fetched and finite, not yet summarised
   try:
