@@ -293,9 +293,7 @@ def train_all(args: argparse.Namespace, rows: Sequence[str], seeds: Sequence[int
   run_configs = {(m, r, seed): miniature.run_config(m, r, data['shards'], seed, steps[m],
                                                    san_steps=args.san_steps)
                  for seed in seeds for r in rows for m in STREAMS}
-  san_rows = [r for r in rows if run_configs[('rgb', r, seeds[0])].model.spatial_attention]
-  san_configs = ({seed: run_configs[('rgb', san_rows[0], seed)] for seed in seeds}
-                 if san_rows else {})
+  san_configs = experiment.san_pretraining_configs(run_configs)
   jobs = experiment.experiment_jobs(
       run_configs, san_configs, {k: run_dir(args.out, k) for k in run_configs},
       {seed: os.path.join(args.out, 'san', f'seed{seed}') for seed in seeds},

@@ -125,8 +125,7 @@ def run(workdir: str, rows: Sequence[str], seed: int = 0, steps: int = 0,
                                       demo_config.FRAME_SIZE)
   run_configs = {(m, r, seed): row_config(r, m, shards, seed, steps)
                  for r in rows for m in STREAMS}
-  san_rows = [r for r in rows if run_configs[("rgb", r, seed)].model.spatial_attention]
-  san_configs = {seed: run_configs[("rgb", san_rows[0], seed)]} if san_rows else {}
+  san_configs = experiment.san_pretraining_configs(run_configs)
   jobs = experiment.experiment_jobs(
       run_configs, san_configs, {k: os.path.join(workdir, f"{k[0]}_{k[1]}") for k in run_configs},
       {seed: os.path.join(workdir, SAN_DIR)}, classes, truth,

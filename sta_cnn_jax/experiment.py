@@ -268,6 +268,17 @@ def san_name(seed: int) -> str:
   return f'san_seed{seed}'
 
 
+def san_pretraining_configs(run_configs: Mapping[RunKey, ml_collections.ConfigDict]
+                            ) -> dict[int, ml_collections.ConfigDict]:
+  """{seed: config} of the SAN pre-training each seed needs: the config of its first RGB run
+  with spatial attention (none for a seed without one)."""
+  out = {}
+  for (modality, _, seed), config in run_configs.items():
+    if modality == 'rgb' and config.model.spatial_attention:
+      out.setdefault(seed, config)
+  return out
+
+
 def experiment_jobs(run_configs: Mapping[RunKey, ml_collections.ConfigDict],
                     san_configs: Mapping[int, ml_collections.ConfigDict],
                     run_dirs: Mapping[RunKey, str], san_dirs: Mapping[int, str],

@@ -68,3 +68,15 @@ def test_report_fills_best_possible_precisions_from_saved_scores(tmp_path):
   assert entry['dcw_best_precision'] == pytest.approx(
       np.mean([min(15, test_inside[v].sum()) / 15 for v in range(2)]))
   assert 'tam_best_precision' not in fused
+
+
+def test_each_seed_pretrains_the_san_of_its_first_rgb_spatial_attention_run():
+  from configs import demo  # pylint: disable=g-import-not-at-top
+  from sta_cnn_jax import experiment  # pylint: disable=g-import-not-at-top
+  runs = {(m, r, s): demo.run_config(m, r, '/shards', s) for s in (0, 1)
+          for r in ('baseline', 'sam_cnn3', 'sta_ts3x3_3x1') for m in ('rgb', 'flow')}
+  san = experiment.san_pretraining_configs(runs)
+  assert sorted(san) == [0, 1]
+  assert all(c is runs[('rgb', 'sam_cnn3', s)] for s, c in san.items())
+  assert experiment.san_pretraining_configs(
+      {k: c for k, c in runs.items() if k[1] == 'baseline' or k[0] == 'flow'}) == {}
