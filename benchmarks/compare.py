@@ -18,7 +18,7 @@ Settings (SETTINGS; names for --settings):
   sta_flow        STA-TS(3x3,3x1) flow, 2 x 9       (no peer)
 
   python -m benchmarks.compare --settings tsn3,tam_masked+tam_recompute --rounds 5 \
-      [--jax_variants default,eigen] [--peer_python /work/venv-peer/bin/python] [--dtype float32]
+      [--jax_variants default,ynnpack] [--peer_python /work/venv-peer/bin/python] [--dtype float32]
 """
 
 from __future__ import annotations
@@ -37,13 +37,24 @@ from benchmarks import common  # pylint: disable=g-import-not-at-top
 
 # UCF101 (the paper's main data set).
 NUM_CLASSES = 101
-# XLA:CPU flag sets for the JAX workers. 'eigen': YNNPACK library fusion off, so convolutions
-# run on XLA's Eigen kernels (faster than YNNPACK's for BN-Inception's shapes on this CPU,
-# see benchmarks/conv_layers.py).
+# Environment of the JAX workers. 'default': what the program applies itself
+# (sta_cnn_jax/xla_defaults.py: YNNPACK library fusion off, so convolutions run on XLA's Eigen
+# kernels); 'eigen': the same flag set by hand; 'ynnpack': XLA:CPU's own defaults (YNNPACK
+# convolutions), the program's defaults switched off.
 JAX_VARIANTS = {
-    'default': '',
-    'eigen': '--xla_cpu_experimental_ynn_fusion_type=',
+    'default': {},
+    'eigen': {'XLA_FLAGS': '--xla_cpu_experimental_ynn_fusion_type='},
+    'ynnpack': {'STA_CNN_XLA_DEFAULTS': '0'},
 }
+
+
+def jax_variant_env(variant: str) -> dict:
+  """A JAX worker's environment for `variant` (the parent's XLA_FLAGS kept in front)."""
+  env = dict(JAX_VARIANTS[variant])
+  env['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + env.get('XLA_FLAGS', '')).strip()
+  return env
+
+
 PEER_ENV = {'OMP_WAIT_POLICY': 'PASSIVE'}  # see benchmarks/conv_layers.py
 
 
@@ -161,9 +172,8 @@ def _jax_worker():
 
 
 def start_jax(variant: str) -> common.Worker:
-  env = {'XLA_FLAGS': (os.environ.get('XLA_FLAGS', '') + ' ' + JAX_VARIANTS[variant]).strip()}
   return common.Worker(f'jax_{variant}', [sys.executable, '-m', 'benchmarks.compare',
-                                          '--serve_jax'], env)
+                                          '--serve_jax'], jax_variant_env(variant))
 
 
 def start_peer(peer_python: str) -> common.Worker:
@@ -252,7 +262,7 @@ def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   ap.add_argument('--settings', default='tsn3,tam_masked+tam_recompute',
                   help="comma list; settings joined by '+' are interleaved in one run")
-  ap.add_argument('--jax_variants', default='eigen')
+  ap.add_argument('--jax_variants', default='default')
   ap.add_argument('--peer_python', default=common.peer_python_default(),
                   help="PyTorch peer interpreter ('' = JAX only)")
   ap.add_argument('--size', type=int, default=224)

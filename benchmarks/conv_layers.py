@@ -10,7 +10,7 @@ the per-shape ratio to PyTorch for the top layers by time.
 Variants (comma list --variants; each is one worker process, all interleaved round by round):
   torch          PyTorch eager, channels-last (oneDNN), under --peer_python
   torch_bf16     the same in bfloat16 (autocast-free: bf16 weights and activations)
-  xla            jax.lax.conv_general_dilated, default XLA:CPU flags (YNNPACK convolutions)
+  xla            jax.lax.conv_general_dilated, XLA:CPU's own flags (YNNPACK convolutions)
   xla_eigen      the same with YNNPACK library fusion off (--xla_cpu_experimental_ynn_fusion_type=)
   xla_dot        1x1 convs as einsum (a matmul), k>1 convs as xla; dw of every conv as an
                  im2col matmul (patches (N·Ho·Wo, k²·C_in)ᵀ @ dy)
@@ -38,6 +38,8 @@ from benchmarks import common  # pylint: disable=g-import-not-at-top
 PASSES = ('fwd', 'dx', 'dw')
 # variant -> (framework, env, worker options)
 YNN_OFF = '--xla_cpu_experimental_ynn_fusion_type='
+# XLA:CPU's own defaults (YNNPACK convolutions): the program's defaults (xla_defaults.py) off.
+XLA_OWN = {'STA_CNN_XLA_DEFAULTS': '0'}
 # OpenMP threads of PyTorch spin-wait by default: on a shared, oversubscribed machine that
 # costs PyTorch up to 6x (and steals the cores of whatever runs next). PASSIVE is the peer's
 # best setting here (override with --peer_omp_wait_policy).
@@ -45,12 +47,12 @@ PEER_ENV = {'OMP_WAIT_POLICY': 'PASSIVE'}
 VARIANTS = {
     'torch': ('torch', PEER_ENV, {'dtype': 'float32'}),
     'torch_bf16': ('torch', PEER_ENV, {'dtype': 'bfloat16'}),
-    'xla': ('jax', {}, {'dtype': 'float32', 'impl': 'lax'}),
+    'xla': ('jax', XLA_OWN, {'dtype': 'float32', 'impl': 'lax'}),
     'xla_eigen': ('jax', {'XLA_FLAGS': YNN_OFF}, {'dtype': 'float32', 'impl': 'lax'}),
-    'xla_dot': ('jax', {}, {'dtype': 'float32', 'impl': 'dot'}),
+    'xla_dot': ('jax', XLA_OWN, {'dtype': 'float32', 'impl': 'dot'}),
     'xla_dot_eigen': ('jax', {'XLA_FLAGS': YNN_OFF}, {'dtype': 'float32', 'impl': 'dot'}),
-    'xla_bf16': ('jax', {}, {'dtype': 'bfloat16', 'impl': 'lax'}),
-    'xla_dot_bf16': ('jax', {}, {'dtype': 'bfloat16', 'impl': 'dot'}),
+    'xla_bf16': ('jax', XLA_OWN, {'dtype': 'bfloat16', 'impl': 'lax'}),
+    'xla_dot_bf16': ('jax', XLA_OWN, {'dtype': 'bfloat16', 'impl': 'dot'}),
     'xla_eigen_bf16': ('jax', {'XLA_FLAGS': YNN_OFF}, {'dtype': 'bfloat16', 'impl': 'lax'}),
     'xla_ours': ('jax', {'XLA_FLAGS': YNN_OFF}, {'dtype': 'float32', 'impl': 'ours'}),
 }

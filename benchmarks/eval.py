@@ -8,7 +8,7 @@ worker) with videos/s, frames/s, compile s and achieved GFLOP/s (analytic forwar
 sta_cnn_jax/flops.py), plus the per-round speed ratio to the peer.
 
   python -m benchmarks.eval [--models baseline_rgb,sta_rgb,sta_flow --videos_per_step 1
-      --segments 25 --views 10 --rounds 3 --jax_variants eigen --peer_python ...]
+      --segments 25 --views 10 --rounds 3 --jax_variants default --peer_python ...]
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def main(argv=None):
   ap.add_argument('--size', type=int, default=224)
   ap.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
   ap.add_argument('--rounds', type=int, default=3)
-  ap.add_argument('--jax_variants', default='eigen')
+  ap.add_argument('--jax_variants', default='default')
   ap.add_argument('--peer_python', default=common.peer_python_default(),
                   help="PyTorch peer interpreter ('' = JAX only)")
   ap.add_argument('--serve_jax', action='store_true', help=argparse.SUPPRESS)
@@ -105,10 +105,8 @@ def main(argv=None):
     workers, infos = [], {}
     try:
       for v in a.jax_variants.split(','):
-        env = {'XLA_FLAGS': (os.environ.get('XLA_FLAGS', '') + ' ' +
-                             compare.JAX_VARIANTS[v]).strip()}
         w = common.Worker(f'jax_{v}', [sys.executable, '-m', 'benchmarks.eval', '--serve_jax'],
-                          env)
+                          compare.jax_variant_env(v))
         infos[w.name] = w.call('setup', model_name=name, videos=a.videos_per_step,
                                segments=a.segments, views=a.views, size=a.size, dtype=a.dtype)
         workers.append(w)

@@ -11,7 +11,7 @@ This is benchmarks/compare.py without the PyTorch peer by default; pass --peer_p
 the peer side by side (ratios in the same run).
 
   python -m benchmarks.train_step [--settings baseline,tsn3,tam_masked,tam_recompute,sta_rgb,
-      sta_flow --jax_variants eigen --rounds 5 --dtype float32 --peer_python '']
+      sta_flow --jax_variants default --rounds 5 --dtype float32 --peer_python '']
 """
 
 from __future__ import annotations
