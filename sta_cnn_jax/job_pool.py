@@ -23,6 +23,8 @@ import os
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
+from sta_cnn_jax import xla_defaults
+
 # tqdm reads its defaults from TQDM_* variables when it is imported: a worker's bars would
 # interleave with the others', so workers (spawned with this process's environment) draw none;
 # the parent reports each finished job.
@@ -68,8 +70,10 @@ def split_cores(cores: Sequence[int], workers: int) -> list[tuple[int, ...]]:
 
 def _init_worker(core_groups: Any, setup: Optional[tuple[Callable[..., None], tuple]]) -> None:
   """Pins this worker to the next free group of cores (before JAX or TensorFlow size their
-  thread pools: both start them on first use), then runs `setup`."""
+  thread pools: both start them on first use), chooses the XLA flags for those cores
+  (xla_defaults.py: they depend on the core count), then runs `setup`."""
   os.sched_setaffinity(0, core_groups.get())
+  xla_defaults.apply()
   if setup is not None:
     setup[0](*setup[1])
 
