@@ -8,12 +8,17 @@ into a temporary folder, then for RGB and flow and for TS(3x3) and TS(1,1) measu
     (K*2 RGB frames or K*5*2 flow planes) with tf.io.decode_jpeg in a Python loop,
   * decode_tfdata_parallel: the same decodes as a parallel tf.data map (all cores, no
     augmentation): the ceiling for a pipeline that must decode those frames,
-and one eval (25 segments x 10 views) measurement. One JSON line per measurement.
+and one eval (25 segments x 10 views) measurement. One JSON line per measurement, each rate
+also per core (the cores this process may use), and per modality and strategy a 'ratios' line:
+the pipeline over both decode baselines and, with --step_jsonl (the output of
+benchmarks.compare), over the clip rate of the program's train step with the same modality and
+snippets per clip -- how many such steps one host keeps fed.
 
 Frames come from a real 340x256 clip of shared/testdata (mmaction2 demo) when present,
 flow from OpenCV DIS on it, quantised to +-20 like data_prep; otherwise synthetic frames.
 
   python -m benchmarks.input_pipeline [--videos 48 --frames 64 --batches 12]   # from the repo root
+      [--step_jsonl <benchmarks.compare output>]
 """
 
 import argparse
@@ -28,6 +33,7 @@ import tensorflow as tf
 
 from configs import base as config_base
 from sta_cnn_jax import augment
+from sta_cnn_jax import dataset_files
 from sta_cnn_jax import input_pipeline as ip
 
 FRAME_H, FRAME_W = 256, 340  # TSN frame size (docs/design.md "Interpretations")
@@ -149,7 +155,7 @@ def _encoded_frames(data_dir, modality, strategy):
   """(JPEG planes of one video, planes decoded per clip, channels) for the decode baselines."""
   n, m = STRATEGIES[strategy]
   per_clip = n * m * (2 if modality == "rgb" else 5 * 2)
-  record = next(iter(tf.data.TFRecordDataset(ip.find_shards(data_dir, "train")[:1])))
+  record = next(iter(tf.data.TFRecordDataset(dataset_files.find_shards(data_dir, "train")[:1])))
   keys = ("rgb",) if modality == "rgb" else ("flow_x", "flow_y")
   parsed = tf.io.parse_single_example(record, {k: tf.io.VarLenFeature(tf.string)
                                                for k in keys})
@@ -198,6 +204,36 @@ def bench_eval(data_dir, args):
   return count / (time.perf_counter() - start)
 
 
+def step_rates(path):
+  """{(modality, snippets per clip): (setting, clips/s)}: the fastest train step of the JAX
+  worker with the program's default settings ('jax_default...') in a benchmarks.compare
+  output file, per modality and snippets per clip."""
+  out = {}
+  with open(path) as f:
+    for line in f:
+      d = json.loads(line)
+      if not str(d.get("worker", "")).startswith("jax_default") or "videos" not in d:
+        continue
+      key = (d["modality"], d["frames"] // d["videos"])
+      if key not in out or d["clips_per_s"] > out[key][1]:
+        out[key] = (d["setting"], d["clips_per_s"])
+  return out
+
+
+def ratio_line(rates, modality, strategy, snippets, steps):
+  """The train pipeline against the decode baselines (and the train step, where measured)."""
+  line = {"benchmark": "input_pipeline", "what": "ratios", "modality": modality,
+          "strategy": strategy,
+          "pipeline_over_decode_loop": round(rates["train_pipeline"] / rates["decode_loop"], 3),
+          "pipeline_over_parallel_decode": round(
+              rates["train_pipeline"] / rates["decode_tfdata_parallel"], 3)}
+  if (modality, snippets) in steps:
+    setting, step_rate = steps[(modality, snippets)]
+    line.update(step_setting=setting, step_clips_per_s=step_rate,
+                pipeline_over_step=round(rates["train_pipeline"] / step_rate, 2))
+  return line
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--videos", type=int, default=48)
@@ -207,7 +243,13 @@ def main():
   parser.add_argument("--batches", type=int, default=12)
   parser.add_argument("--out_size", type=int, default=224)
   parser.add_argument("--skip_eval", action="store_true")
+  parser.add_argument("--step_jsonl", default="",
+                      help="benchmarks.compare output: each train_pipeline line then also gives "
+                           "its ratio to the clip rate of the JAX train step with the same "
+                           "modality and snippets per clip")
   args = parser.parse_args()
+  steps = step_rates(args.step_jsonl) if args.step_jsonl else {}
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   common = {"benchmark": "input_pipeline", "frame_size": [FRAME_H, FRAME_W],
             "out_size": args.out_size, "batch_size": args.batch_size,
             "cpu_cores": os.cpu_count(), "tf": tf.__version__,
@@ -217,15 +259,18 @@ def main():
     for modality in ("rgb", "flow"):
       for strategy, (n, m) in STRATEGIES.items():
         frames_per_clip = n * m * (2 if modality == "rgb" else 10)
+        rates = {}
         for what, fn in (("train_pipeline", bench_train), ("decode_loop", bench_decode_loop),
                          ("decode_tfdata_parallel", bench_decode_tfdata)):
           load = os.getloadavg()[0]
-          rate = fn(data_dir, modality, strategy, args)
+          rate = rates[what] = fn(data_dir, modality, strategy, args)
           print(json.dumps({**common, "what": what, "modality": modality,
                             "strategy": strategy, "jpegs_per_clip": frames_per_clip,
                             "clips_per_s": round(rate, 2),
+                            "clips_per_s_per_core": round(rate / cores, 2),
                             "jpegs_per_s": round(rate * frames_per_clip, 1),
                             "loadavg_1min_before": round(load, 2)}), flush=True)
+        print(json.dumps(ratio_line(rates, modality, strategy, n * m, steps)), flush=True)
     if not args.skip_eval:
       load = os.getloadavg()[0]
       rate = bench_eval(data_dir, args)

@@ -50,6 +50,12 @@ EVIDENCE_FRACTION = 0.5
 PRECISE_BN_BATCHES = 20
 
 
+def _stream(modality: str) -> str:
+  """The key of the per-stream tables (SCHEDULE, DEMO_STEPS): 'rgb' or 'flow' (flow and
+  warped flow share the flow stream's values)."""
+  return 'rgb' if modality == 'rgb' else 'flow'
+
+
 def get_config(arg: str = 'rgb,sta_ts3x3_3x1') -> ml_collections.ConfigDict:
   modality, row = base.parse_arg(arg)
   config = base.get_base_config(modality)
@@ -68,7 +74,7 @@ def get_config(arg: str = 'rgb,sta_ts3x3_3x1') -> ml_collections.ConfigDict:
   config.model.sal_weights = 'shared'
   config.model.sal_normalisation = 'layer_norm'
 
-  learning_rate, steps = SCHEDULE['rgb' if modality == 'rgb' else 'flow']
+  learning_rate, steps = SCHEDULE[_stream(modality)]
   config.batch_size = BATCH_SIZE
   config.weight_decay = WEIGHT_DECAY
   config.learning_rate = learning_rate
@@ -111,7 +117,7 @@ DEMO_PRECISE_BN_BATCHES = 10
 def get_demo_config(arg: str = 'rgb,sta_ts3x3_3x1') -> ml_collections.ConfigDict:
   """get_config(arg) shortened for the demo (fewer steps, batch 8)."""
   config = get_config(arg)
-  config.num_train_steps = DEMO_STEPS['rgb' if config.modality == 'rgb' else 'flow']
+  config.num_train_steps = DEMO_STEPS[_stream(config.modality)]
   config.batch_size = DEMO_BATCH_SIZE
   config.san_pretrain.num_steps = DEMO_SAN_STEPS
   config.san_pretrain.checkpoint_every_steps = DEMO_SAN_STEPS
