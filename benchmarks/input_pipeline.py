@@ -35,6 +35,7 @@ from configs import base as config_base
 from sta_cnn_jax import augment
 from sta_cnn_jax import dataset_files
 from sta_cnn_jax import input_pipeline as ip
+from sta_cnn_jax import xla_defaults
 
 FRAME_H, FRAME_W = 256, 340  # TSN frame size (docs/design.md "Interpretations")
 JPEG_QUALITY = 95  # cv2.imwrite default, used by TSN's dense_flow
@@ -249,10 +250,10 @@ def main():
                            "modality and snippets per clip")
   args = parser.parse_args()
   steps = step_rates(args.step_jsonl) if args.step_jsonl else {}
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  cores = len(xla_defaults.available_cores())
   common = {"benchmark": "input_pipeline", "frame_size": [FRAME_H, FRAME_W],
             "out_size": args.out_size, "batch_size": args.batch_size,
-            "cpu_cores": os.cpu_count(), "tf": tf.__version__,
+            "cpu_cores": cores, "tf": tf.__version__,
             "jpeg_dct": ip.JPEG_DCT_METHOD, "resize_antialias": augment.RESIZE_ANTIALIAS}
   with tempfile.TemporaryDirectory() as data_dir:
     common.update(write_shards(data_dir, args.videos, args.frames))

@@ -40,11 +40,8 @@ class Job:
   cost: float = 1.0      # relative run time: among ready jobs the costliest starts first
 
 
-def available_cores() -> list[int]:
-  """The CPU cores this process may run on."""
-  if hasattr(os, 'sched_getaffinity'):
-    return sorted(os.sched_getaffinity(0))
-  return list(range(os.cpu_count() or 1))
+# The CPU cores this process may run on (one implementation, shared with the XLA defaults).
+available_cores = xla_defaults.available_cores
 
 
 def default_workers() -> int:

@@ -45,11 +45,11 @@ YNN_FUSION_FLAG = 'xla_cpu_experimental_ynn_fusion_type'
 EIGEN_MIN_CPUS = 2
 
 
-def available_cpus() -> int:
-  """Cores this process may run on (its affinity mask where the OS has one)."""
+def available_cores() -> list[int]:
+  """The CPU cores this process may run on (its affinity mask where the OS has one)."""
   if hasattr(os, 'sched_getaffinity'):
-    return len(os.sched_getaffinity(0))
-  return os.cpu_count() or 1
+    return sorted(os.sched_getaffinity(0))
+  return list(range(os.cpu_count() or 1))
 
 
 def cpu_flags(num_cpus: int) -> dict[str, str]:
@@ -73,7 +73,7 @@ def apply(environ: Optional[MutableMapping[str, str]] = None,
   """Sets XLA_FLAGS in `environ` (os.environ) by the rules of the module doc for a process with
   `num_cpus` cores (this process's); returns the new XLA_FLAGS."""
   environ = os.environ if environ is None else environ
-  num_cpus = available_cpus() if num_cpus is None else num_cpus
+  num_cpus = len(available_cores()) if num_cpus is None else num_cpus
   current = _without(environ.get(XLA_FLAGS_ENV, ''), environ.pop(APPLIED_ENV, ''))
   added = []
   if environ.get(OPT_OUT_ENV, '1') != '0':
