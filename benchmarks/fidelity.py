@@ -265,7 +265,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   ap.add_argument('--out', required=True, help='Output folder (data, runs, results, figures).')
   ap.add_argument('--videos', default='', help='UCF101-layout videos (default: synthetic).')
   ap.add_argument('--splits', default='', help='UCF101-layout split folder (with --videos).')
-  ap.add_argument('--boxes', default='', help='boxes.json (data_prep.synthetic format).')
+  ap.add_argument('--boxes', default='', help='boxes.json (data_prep.synthetic format; data_prep.boxes_from_meta '
+                       'converts a per-video meta file of another generator).')
   ap.add_argument('--seeds', type=int, default=3, help='Training seeds 0 .. N-1.')
   ap.add_argument('--rows', default=','.join(DEFAULT_ROWS), help='Rows of configs/base.py.')
   ap.add_argument('--quick', action='store_true', help='One seed, half the steps.')
