@@ -243,6 +243,10 @@ def guard_reads(iterator: Iterator[Any], data_dir: str, split: str,
   """
   try:
     yield from iterator
+  except GeneratorExit:
+    # close() (the consumer stopped, or garbage collection at interpreter exit, when `tf`
+    # may already be torn down): nothing was read wrong.
+    raise
   except (tf.errors.DataLossError, tf.errors.NotFoundError) as e:
     damaged = locate_damage(data_dir, files)
     cause = _tf_cause(e)

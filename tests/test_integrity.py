@@ -149,6 +149,18 @@ def test_read_error_during_a_run_names_the_shard(shards_copy, monkeypatch):
   assert 'repair: python -m data_prep.prepare' in message
 
 
+def test_closing_a_batch_iterator_is_quiet_when_tf_is_gone(monkeypatch):
+  """A consumer that stops early (or the garbage collector at interpreter exit, when module
+  globals such as `tf` are already None) closes the iterator: that is no read error, and it
+  must not print 'Exception ignored ... AttributeError' from the except clause."""
+  guarded = dataset_files.guard_reads(iter([1, 2, 3]), 'data', 'train', ['shard'])
+  assert next(guarded) == 1
+  monkeypatch.setattr(dataset_files, 'tf', None)   # as at interpreter shutdown
+  guarded.close()                                  # raised AttributeError before the fix
+  with pytest.raises(StopIteration):
+    next(guarded)
+
+
 def test_training_names_a_damaged_shard_before_writing(shards_copy, tmp_path, monkeypatch):
   monkeypatch.setattr(train, 'create_model', standin_create_model)
   _truncate(shards_copy / TRAIN_SHARD)
