@@ -27,6 +27,8 @@ Mechanism metrics (sta_cnn_jax.mechanism), each beside its chance level:
   dcw_precision    the same for DCW's top-15 test segments; chance `dcw_base_rate`.
   attention_in_box spatial attention mass inside the object's box (SAM / STA rows); chance
                    `box_area_fraction`.
+  attention_static_share  share of the maps' departure from uniform that is one fixed map
+                   (1: a location prior, the same map for every frame; needs no boxes).
   entropy          mean segment entropy inside / outside the evidence window.
 
 Independent runs go side by side, one worker process per CPU core (sta_cnn_jax/job_pool.py);
@@ -122,7 +124,7 @@ def prepare_data(args: argparse.Namespace) -> dict:
 
 METRIC_KEYS = ('ave_top1', 'dcw_top1', 'tam_precision', 'tam_base_rate', 'tam_best_precision',
                'dcw_precision', 'dcw_base_rate', 'dcw_best_precision', 'attention_in_box',
-               'box_area_fraction', 'entropy_in_window',
+               'box_area_fraction', 'attention_static_share', 'entropy_in_window',
                'entropy_outside_window')
 
 
@@ -205,12 +207,17 @@ def _fmt(stat: Optional[dict], percent: bool = True) -> str:
   return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
 
 
+def _static(s: dict) -> str:
+  stat = s.get('attention_static_share')
+  return '' if stat is None else f"; {stat['mean']:.2f}"
+
+
 def format_markdown(summary: Sequence[dict], checks: Sequence[dict], epe: Sequence[dict],
                     header: str) -> str:
   lines = [header, '',
            '| row | stream | seeds | DCW top-1 % (mean ± std) [95% CI] | AVE top-1 % [95% CI] | '
            'chance % | TAM prec. (base; best possible) | DCW prec. (base; best possible) | '
-           'attention in box (area) | '
+           'attention in box (area); static share | '
            'H in / out window |', '|' + '---|' * 10]
   for s in summary:
     ci = lambda k: f"[{100 * s[k][0]:.1f}, {100 * s[k][1]:.1f}]"
@@ -224,7 +231,7 @@ def format_markdown(summary: Sequence[dict], checks: Sequence[dict], epe: Sequen
                  f"{ci('ave_top1_interval95')} | {100 * s['chance']:.1f} | "
                  f"{pair('tam_precision', 'tam_base_rate', 'tam_best_precision')} | "
                  f"{pair('dcw_precision', 'dcw_base_rate', 'dcw_best_precision')} | "
-                 f"{pair('attention_in_box', 'box_area_fraction')} | {entropy} |")
+                 f"{pair('attention_in_box', 'box_area_fraction')}{_static(s)} | {entropy} |")
   lines += ['', '95% CI: Wilson interval of the accuracy over all seeds\' test videos pooled. '
             'Best possible: the precision of a perfect selector of the same shape '
             '(TS(3x3,3x1) must pick a snippet in every segment, also where the evidence window '

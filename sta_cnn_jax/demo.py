@@ -23,7 +23,7 @@ Every step resumes: re-running skips the dataset, the shards and finished traini
 import json
 import os
 import time
-from typing import Sequence
+from typing import Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -93,11 +93,15 @@ def _ratio(value, chance, best=None) -> str:
   return f"{value:.2f} ({chance:.2f}" + (f"; {best:.2f})" if best is not None else ")")
 
 
+def _static_share(share: Optional[float]) -> str:
+  return "" if share is None else f"; static {share:.2f}"
+
+
 def format_table(entries: Sequence[dict]) -> str:
   """Markdown: accuracies with 95% Wilson intervals and chance; mechanism metrics vs chance."""
   lines = ["| model | stream | DCW top-1 [95% CI] | AVE top-1 [95% CI] | chance | "
            "DCW precision (base rate; best) | TAM precision (base rate; best) | "
-           "attention in box (area) |",
+           "attention in box (area); static share |",
            "|---|---|---|---|---|---|---|---|"]
   for e in entries:
     n = e["num_test_videos"]
@@ -107,7 +111,8 @@ def format_table(entries: Sequence[dict]) -> str:
         f"{metrics.format_accuracy(e['ave_top1'], n)} | {e['chance']:.1%} | "
         f"{_ratio(e['dcw_precision'], e['dcw_base_rate'], e['dcw_best_precision'])} | "
         f"{_ratio(e['tam_precision'], e['tam_base_rate'], e['tam_best_precision'])} | "
-        f"{_ratio(e['attention_in_box'], e['box_area_fraction'])} |")
+        f"{_ratio(e['attention_in_box'], e['box_area_fraction'])}"
+        f"{_static_share(e.get('attention_static_share'))} |")
   return "\n".join(lines)
 
 
@@ -169,7 +174,9 @@ def main(argv):
   print("\n95% CI: Wilson interval over the test videos. Precision = share of the selected "
         "segments inside the evidence window, next to the share of all segments there and "
         "the best a perfect selection of the same shape reaches; "
-        "attention in box = attention mass on the object, next to its share of the crop.")
+        "attention in box = attention mass on the object, next to its share of the crop; "
+        "static share = how much of the maps' departure from uniform is one fixed map "
+        "(1: the same map for every frame, a location prior that cannot follow the object).")
   print(f"\nworkdir: {os.path.abspath(_WORKDIR.value)}  (figures in {FIGURES_DIR}/, "
         f"TensorBoard logs per run)  wall time {time.time() - start:.0f} s")
 

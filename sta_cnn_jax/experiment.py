@@ -230,6 +230,8 @@ def train_and_score(config: ml_collections.ConfigDict, workdir: str, classes: Se
            'train_steps': config.num_train_steps, 'train_seconds': round(train_seconds, 1)}
   entry.update(tam_probe(config, variables, model, workdir, truth))
   entry.update(test_mechanism(config, segments, truth))
+  entry['attention_static_share'] = (mechanism.attention_static_share(segments['attention'])
+                                     if config.model.spatial_attention else None)
   entry['eval_seconds'] = round(time.time() - start - train_seconds, 1)
   if figures_dir:
     entry['figures'] = visualize.write_video_figures(
@@ -249,7 +251,7 @@ def fusion_entry(row: str, seed: int, streams: Sequence[dict], num_classes: int,
           'dcw_top1': summary['dcw']['top1'],
           'ave_mean_class_accuracy': summary['ave']['mean_class_accuracy'],
           'dcw_mean_class_accuracy': summary['dcw']['mean_class_accuracy'],
-          'fusion_weights': weights, **NULL_MECHANISM}
+          'fusion_weights': weights, **NULL_MECHANISM, 'attention_static_share': None}
 
 
 # ---------------------------------------------------------------------------------------------

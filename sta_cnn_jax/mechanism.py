@@ -15,6 +15,10 @@ would get:
   segment entropy     mean entropy H (Eq. 1) of test segments inside vs outside the window
                       (the TAM premise: evidence makes the network confident, H low).
 
+Without ground truth: the static share of the spatial maps (`attention_static_share`), how much
+of the maps' departure from uniform is one fixed map, the same for every frame: 1 = a location
+prior that ignores the content (it cannot follow a moving object), 0 = no preferred location.
+
 A selection's precision is also capped by the data: TS(N×M, N×top_m) picks top_m snippets in
 EVERY segment, also in segments the window does not reach. `best_selection_precision` is the
 precision of a perfect selector of the same shape (the ceiling beside each precision).
@@ -155,3 +159,20 @@ def attention_in_box(video_ids: Sequence[str], attention: np.ndarray, truth: Map
   return {'attention_in_box': float(np.mean(mass)) if mass else None,
           'box_area_fraction': float(np.mean(area)) if area else None,
           'num_segments_with_object': len(mass)}
+
+
+def attention_static_share(attention: np.ndarray) -> Optional[float]:
+  """Share of the maps' squared departure from uniform that their mean map explains.
+
+  attention: (..., K, K) maps (each sums to 1), e.g. (V, S, K, K) of the test segments. With u
+  the uniform map and ā the mean map,  Σ_i |a_i − u|² = N |ā − u|² + Σ_i |a_i − ā|², so
+  share = N |ā − u|² / Σ_i |a_i − u|² in [0, 1]: 1 when every map is ā (content ignored), 0 when
+  the maps vary around uniform. None when every map is uniform (nothing to share).
+  """
+  maps = np.asarray(attention, np.float64)
+  maps = maps.reshape((-1, maps.shape[-2] * maps.shape[-1]))
+  deviation = maps - 1.0 / maps.shape[1]
+  total = float(np.sum(deviation ** 2))
+  if total <= 0.0:
+    return None
+  return float(maps.shape[0] * np.sum(np.mean(deviation, axis=0) ** 2) / total)

@@ -51,3 +51,18 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch):
   # Every accuracy is printed with its 95% interval.
   assert metrics.format_accuracy(fused["dcw_top1"], num_test) in table
   assert "STA-TS(3x3,3x1) | fusion" in table
+
+
+def test_table_prints_static_share_only_for_spatial_rows():
+  base = {'row': 'sta_ts3x3_3x1', 'row_name': 'STA', 'modality': 'rgb', 'num_test_videos': 40,
+          'dcw_top1': 0.3, 'ave_top1': 0.25, 'chance': 0.1, 'dcw_precision': 0.8,
+          'dcw_base_rate': 0.7, 'dcw_best_precision': 1.0, 'tam_precision': 0.8,
+          'tam_base_rate': 0.7, 'tam_best_precision': 1.0, 'attention_in_box': 0.07,
+          'box_area_fraction': 0.06}
+  table = demo.format_table([dict(base, attention_static_share=0.934),
+                             dict(base, modality='fusion', attention_in_box=None,
+                                  box_area_fraction=None)])
+  rows = table.splitlines()
+  assert 'static share' in rows[0]
+  assert rows[2].endswith('; static 0.93 |')
+  assert 'static' not in rows[3]

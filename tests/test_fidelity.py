@@ -80,3 +80,17 @@ def test_each_seed_pretrains_the_san_of_its_first_rgb_spatial_attention_run():
   assert all(c is runs[('rgb', 'sam_cnn3', s)] for s, c in san.items())
   assert experiment.san_pretraining_configs(
       {k: c for k, c in runs.items() if k[1] == 'baseline' or k[0] == 'flow'}) == {}
+
+
+def test_table_prints_the_static_share_beside_attention_in_box():
+  entries = [dict(_entry('sam_cnn3', 'rgb', s, 0.3, 0.3), attention_in_box=box,
+                  box_area_fraction=0.05, attention_static_share=share)
+             for s, (box, share) in enumerate([(0.10, 0.9), (0.06, 0.7)])]
+  summary = fidelity.summarize(entries)
+  assert summary[0]['attention_static_share']['mean'] == pytest.approx(0.8)
+  table = fidelity.format_markdown(summary, [], [], '#')
+  assert '| 0.080 ± 0.020 (0.050 ± 0.000); 0.80 |' in table
+  # Entries written before the metric existed (no key) print the cell without it.
+  old = [{k: v for k, v in e.items() if k != 'attention_static_share'} for e in entries]
+  assert '| 0.080 ± 0.020 (0.050 ± 0.000) |' in fidelity.format_markdown(
+      fidelity.summarize(old), [], [], '#')

@@ -123,3 +123,25 @@ def test_best_selection_precision_is_a_perfect_selector_of_the_same_shape():
   assert mechanism.selection_precision(selected, inside)["precision"] <= per_group + 1e-12
   with pytest.raises(ValueError, match="top_n=4 of 3"):
     mechanism.best_selection_precision(inside, 4, 3)
+
+
+def test_attention_static_share_closed_forms():
+  k = 3
+  rng = np.random.default_rng(0)
+  prior = rng.dirichlet(np.ones(k * k)).reshape(k, k)
+  # The same map for every (video, segment): all of the departure is the mean map.
+  same = np.broadcast_to(prior, (4, 5, k, k))
+  assert mechanism.attention_static_share(same) == pytest.approx(1.0)
+  # One-hot maps at every location equally often: the mean map is uniform.
+  onehot = np.eye(k * k).reshape(k * k, 1, k, k)
+  assert mechanism.attention_static_share(onehot) == pytest.approx(0.0, abs=1e-12)
+  # Uniform maps: no departure to share.
+  assert mechanism.attention_static_share(np.full((2, 3, k, k), 1 / k ** 2)) is None
+  # Random maps against a direct evaluation of N |mean - u|^2 / sum |a - u|^2.
+  maps = rng.dirichlet(np.ones(k * k) * 0.5, size=(6, 7)).reshape(6, 7, k, k)
+  flat = maps.reshape(-1, k * k)
+  u = np.full(k * k, 1 / k ** 2)
+  want = sum(np.sum((flat.mean(0) - u) ** 2) for _ in flat) / sum(np.sum((a - u) ** 2)
+                                                                   for a in flat)
+  assert mechanism.attention_static_share(maps) == pytest.approx(want, rel=1e-12)
+  assert 0.0 < want < 1.0
