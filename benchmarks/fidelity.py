@@ -30,6 +30,10 @@ Mechanism metrics (sta_cnn_jax.mechanism), each beside its chance level:
   attention_static_share  share of the maps' departure from uniform that is one fixed map
                    (1: a location prior, the same map for every frame; needs no boxes).
   entropy          mean segment entropy inside / outside the evidence window.
+  cell_accuracy_on_object / _off_object  the classifier applied to ONE grid cell's features:
+                   top-1 on the cell holding the object's centre / on cells its box does not
+                   touch (chance 1 / classes). Equal: every cell sees the object, and spatial
+                   attention has nothing to gain from finding it.
 
 Independent runs go side by side, one worker process per CPU core (sta_cnn_jax/job_pool.py);
 `--report` only re-writes the report of a finished --out from its saved scores.
@@ -125,7 +129,7 @@ def prepare_data(args: argparse.Namespace) -> dict:
 METRIC_KEYS = ('ave_top1', 'dcw_top1', 'tam_precision', 'tam_base_rate', 'tam_best_precision',
                'dcw_precision', 'dcw_base_rate', 'dcw_best_precision', 'attention_in_box',
                'box_area_fraction', 'attention_static_share', 'entropy_in_window',
-               'entropy_outside_window')
+               'entropy_outside_window', 'cell_accuracy_on_object', 'cell_accuracy_off_object')
 
 
 def _select(entries, row=None, modality=None):
@@ -212,13 +216,20 @@ def _static(s: dict) -> str:
   return '' if stat is None else f"; {stat['mean']:.2f}"
 
 
+def _cells(s: dict) -> str:
+  on, off = s.get('cell_accuracy_on_object'), s.get('cell_accuracy_off_object')
+  if on is None or off is None:
+    return '—'
+  return f"{100 * on['mean']:.1f} / {100 * off['mean']:.1f}"
+
+
 def format_markdown(summary: Sequence[dict], checks: Sequence[dict], epe: Sequence[dict],
                     header: str) -> str:
   lines = [header, '',
            '| row | stream | seeds | DCW top-1 % (mean ± std) [95% CI] | AVE top-1 % [95% CI] | '
            'chance % | TAM prec. (base; best possible) | DCW prec. (base; best possible) | '
            'attention in box (area); static share | '
-           'H in / out window |', '|' + '---|' * 10]
+           'H in / out window | cell top-1 % on / off object |', '|' + '---|' * 11]
   for s in summary:
     ci = lambda k: f"[{100 * s[k][0]:.1f}, {100 * s[k][1]:.1f}]"
     pair = lambda a, b, c=None: ('—' if s[a] is None else
@@ -231,7 +242,8 @@ def format_markdown(summary: Sequence[dict], checks: Sequence[dict], epe: Sequen
                  f"{ci('ave_top1_interval95')} | {100 * s['chance']:.1f} | "
                  f"{pair('tam_precision', 'tam_base_rate', 'tam_best_precision')} | "
                  f"{pair('dcw_precision', 'dcw_base_rate', 'dcw_best_precision')} | "
-                 f"{pair('attention_in_box', 'box_area_fraction')}{_static(s)} | {entropy} |")
+                 f"{pair('attention_in_box', 'box_area_fraction')}{_static(s)} | {entropy} | "
+                 f"{_cells(s)} |")
   lines += ['', '95% CI: Wilson interval of the accuracy over all seeds\' test videos pooled. '
             'Best possible: the precision of a perfect selector of the same shape '
             '(TS(3x3,3x1) must pick a snippet in every segment, also where the evidence window '

@@ -33,7 +33,7 @@ from sta_cnn_jax.augment import EVAL_VIEW_NAMES
 
 SCORES_FILE = modalities.SCORES_FILE
 # Per-video arrays every process contributes to the metrics (figures' frames stay local).
-GATHERED = ("label", "segment_probs", "attention")
+GATHERED = ("label", "segment_probs", "attention", "cell_probs")
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 # Attention maps of the centre view are kept for figures (paper Fig. 1/7 show the centre crop).
@@ -54,7 +54,10 @@ def eval_step(variables, frames: jnp.ndarray, *, model, config: ml_collections.C
 
   Returns:
     'probs' `(B, S, C)` view-averaged softmax scores p(s_n);
-    'attention' `(B, S, K, K)` centre-view spatial attention maps (zeros without spatial attention).
+    'attention' `(B, S, K, K)` centre-view spatial attention maps (zeros without spatial attention);
+    'cell_probs' `(B, S, K, K, C)` centre view: the classifier (fc, no dropout at test) applied
+      to each grid cell's features f_i alone, softmaxed -- what one location says about the
+      class (mechanism.cell_evidence).
   """
   b, s, v = frames.shape[:3]
   x = input_pipeline.normalize(frames.reshape((b * s * v,) + frames.shape[3:]), config.modality,
@@ -67,7 +70,11 @@ def eval_step(variables, frames: jnp.ndarray, *, model, config: ml_collections.C
   else:
     k = out["features"].shape[1]
     attention = jnp.zeros((b, s, k, k), jnp.float32)
-  return {"probs": probs, "attention": attention}
+  features = out["features"].reshape((b, s, v) + out["features"].shape[1:])[:, :, center_view(v)]
+  fc = variables["params"]["acn"]["fc"]
+  cell_logits = jnp.einsum("bshwd,dc->bshwc", features.astype(jnp.float32),
+                           fc["kernel"].astype(jnp.float32)) + fc["bias"].astype(jnp.float32)
+  return {"probs": probs, "attention": attention, "cell_probs": jax.nn.softmax(cell_logits)}
 
 
 def predict_segments(variables, batches: Iterable[dict], step, *,
@@ -80,15 +87,16 @@ def predict_segments(variables, batches: Iterable[dict], step, *,
     step: the parallel eval step (`parallel.make_parallel_step(eval_step, ...)`).
     keep_frames: keep the centre-view frames of the first `keep_frames` videos (for figures).
   """
-  out = {"video_id": [], "label": [], "segment_probs": [], "attention": [], "frames": []}
+  out = {"video_id": [], "label": [], "segment_probs": [], "attention": [], "cell_probs": [],
+         "frames": []}
   for batch in tqdm.tqdm(batches, desc="eval", unit="batch", leave=False):
     result = jax.device_get(step(variables, batch["frames"]))
     valid = np.asarray(batch["valid"]).reshape(-1)
     out["video_id"].extend(np.asarray(batch["video_id"]).reshape(-1)[valid])
     out["label"].append(np.asarray(batch["label"]).reshape(-1)[valid])
     out["segment_probs"].append(result["probs"].reshape((-1,) + result["probs"].shape[2:])[valid])
-    out["attention"].append(
-        result["attention"].reshape((-1,) + result["attention"].shape[2:])[valid])
+    for key in ("attention", "cell_probs"):
+      out[key].append(result[key].reshape((-1,) + result[key].shape[2:])[valid])
     kept = sum(len(f) for f in out["frames"])
     if kept < keep_frames:
       frames = np.asarray(batch["frames"]).reshape((-1,) + batch["frames"].shape[2:])[valid]
@@ -101,6 +109,7 @@ def predict_segments(variables, batches: Iterable[dict], step, *,
       "label": np.concatenate(out["label"]).astype(np.int64),
       "segment_probs": np.concatenate(out["segment_probs"]),
       "attention": np.concatenate(out["attention"]),
+      "cell_probs": np.concatenate(out["cell_probs"]),
       "frames": (np.concatenate(out["frames"]) if out["frames"]
                  else np.zeros((0,), np.uint8)),
   }

@@ -49,10 +49,14 @@ COMPILATION_CACHE_DIR = 'jax_cache'
 # Step time of an RGB row with the SAN against the same row without (configs/demo.py, one core:
 # SAM-CNN3 533 ms vs TSN N=3 326 ms; STA 942 vs TAM 570).
 SAN_COST_FACTOR = 1.6
+# mechanism.cell_evidence's summary, kept in every run's entry.
+CELL_EVIDENCE_KEYS = ('cell_accuracy_on_object', 'cell_accuracy_off_object',
+                      'cell_true_prob_on_object', 'cell_true_prob_off_object')
 NULL_MECHANISM = {'tam_precision': None, 'tam_base_rate': None, 'tam_best_precision': None,
                   'dcw_precision': None, 'dcw_base_rate': None, 'dcw_best_precision': None,
                   'entropy_in_window': None, 'entropy_outside_window': None,
-                  'attention_in_box': None, 'box_area_fraction': None}
+                  'attention_in_box': None, 'box_area_fraction': None,
+                  **{key: None for key in CELL_EVIDENCE_KEYS}}
 
 
 def use_compilation_cache(out_dir: str) -> None:
@@ -186,10 +190,13 @@ def test_mechanism(config: ml_collections.ConfigDict, segments: dict,
          'dcw_best_precision': dcw_best_precision(config, segments['video_id'], truth),
          **mechanism.entropy_inside_outside(probs, inside),
          'attention_in_box': None, 'box_area_fraction': None}
+  height, width = config.input.frame_size
+  crop = config.input.crop_size
+  offset = tuple(int(v) for v in augment.center_offset(height, width, crop).numpy())
+  cells = mechanism.cell_evidence(segments['video_id'], segments['cell_probs'],
+                                  segments['label'], truth, ref, offset, crop)
+  out.update({key: cells[key] for key in CELL_EVIDENCE_KEYS})
   if config.model.spatial_attention:
-    height, width = config.input.frame_size
-    crop = config.input.crop_size
-    offset = tuple(int(v) for v in augment.center_offset(height, width, crop).numpy())
     box = mechanism.attention_in_box(segments['video_id'], segments['attention'], truth, ref,
                                      offset, crop)
     out.update(attention_in_box=box['attention_in_box'],

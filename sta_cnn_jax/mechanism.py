@@ -176,3 +176,52 @@ def attention_static_share(attention: np.ndarray) -> Optional[float]:
   if total <= 0.0:
     return None
   return float(maps.shape[0] * np.sum(np.mean(deviation, axis=0) ** 2) / total)
+
+
+def cell_evidence(video_ids: Sequence[str], cell_probs: np.ndarray, labels: np.ndarray,
+                  truth: Mapping[str, dict], ref_frames: np.ndarray,
+                  crop_offset: tuple[int, int], crop_size: int) -> dict[str, Any]:
+  """Does WHERE matter to this network? The classifier applied to one grid cell's features at
+  a time (`evaluate.eval_step`'s 'cell_probs'), on the cell that holds the object's centre and
+  on the cells its box does not touch, over every (video, segment) whose reference frame shows
+  the object inside the crop.
+
+  Spatial attention (Eq. 8-9) can only help when the cells on the object tell the class better
+  than the others. When the cells off the object are as accurate (every cell's receptive field
+  covers the object), Weighted Spatial Pooling has nothing to gain from moving its mass there.
+
+  cell_probs: (V, S, K, K, C) of the crop at crop_offset (dy, dx); labels: (V,).
+  Returns top-1 accuracy and mean true-class probability on / off the object (chance: 1 / C and
+  the number of (segment, cell) pairs behind each.
+  """
+  dy, dx = crop_offset
+  k = cell_probs.shape[2]
+  edges = np.arange(k + 1) * (crop_size / k)                    # cell boundaries in crop pixels
+  on_hit, on_prob, off_hit, off_prob = [], [], [], []
+  for v, vid in enumerate(video_ids):
+    label = int(labels[v])
+    for s, frame in enumerate(ref_frames[v]):
+      box = truth[vid]['boxes'][int(frame)]
+      if box is None:
+        continue
+      clipped = clip_box([box[0] - dx, box[1] - dy, box[2] - dx, box[3] - dy],
+                         (crop_size, crop_size))
+      if clipped is None:
+        continue
+      cx, cy = (clipped[0] + clipped[2]) / 2, (clipped[1] + clipped[3]) / 2
+      centre = (min(int(np.searchsorted(edges, cy, 'right')) - 1, k - 1),
+                min(int(np.searchsorted(edges, cx, 'right')) - 1, k - 1))
+      probs = cell_probs[v, s]                                   # (K, K, C)
+      for i in range(k):
+        for j in range(k):
+          touches = (edges[j] < clipped[2] and clipped[0] < edges[j + 1] and
+                     edges[i] < clipped[3] and clipped[1] < edges[i + 1])
+          hit, prob = float(np.argmax(probs[i, j]) == label), float(probs[i, j, label])
+          if (i, j) == centre:
+            on_hit.append(hit), on_prob.append(prob)
+          elif not touches:
+            off_hit.append(hit), off_prob.append(prob)
+  mean = lambda x: float(np.mean(x)) if x else None
+  return {'cell_accuracy_on_object': mean(on_hit), 'cell_accuracy_off_object': mean(off_hit),
+          'cell_true_prob_on_object': mean(on_prob), 'cell_true_prob_off_object': mean(off_prob),
+          'cell_pairs_on_object': len(on_hit), 'cell_pairs_off_object': len(off_hit)}

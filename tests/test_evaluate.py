@@ -49,6 +49,11 @@ def test_eval_step_averages_softmax_over_views(model_and_vars):
   want = probs.reshape(b, s, v, 5).mean(2)
   np.testing.assert_allclose(out["probs"], want, rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(np.asarray(out["probs"]).sum(-1), 1.0, rtol=1e-5)
+  # One grid cell (K = 1): the classifier on that cell is the classifier on the pooled
+  # features, so 'cell_probs' is the centre view's softmax.
+  assert out["cell_probs"].shape == (b, s, 1, 1, 5)
+  centre = probs.reshape(b, s, v, 5)[:, :, evaluate.center_view(v)]
+  np.testing.assert_allclose(out["cell_probs"][:, :, 0, 0], centre, rtol=1e-4, atol=1e-6)
 
 
 def test_center_view_index():

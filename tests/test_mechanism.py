@@ -145,3 +145,28 @@ def test_attention_static_share_closed_forms():
                                                                    for a in flat)
   assert mechanism.attention_static_share(maps) == pytest.approx(want, rel=1e-12)
   assert 0.0 < want < 1.0
+
+
+def test_cell_evidence_counts_the_centre_cell_and_untouched_cells():
+  """Box (36, 4, 60, 28) in a 96-px crop, K = 3 (cells of 32 px): it lies inside cell (row 0,
+  col 1), which holds its centre (48, 16); the off-object cells are the 8 others.
+  Probabilities are built so the counts are known."""
+  k, c, s = 3, 4, 25
+  truth = {"v": _truth(window=(0, 48), box=(36.0, 4.0, 60.0, 28.0))}
+  _, ref = mechanism.in_window(["v"], truth, s, "rgb")
+  probs = np.full((1, s, k, k, c), 0.1)
+  probs[..., 3] = 0.7                           # every cell says class 3 ...
+  probs[0, :, 0, 1] = [0.1, 0.7, 0.1, 0.1]      # ... except the centre cell: class 1 (true)
+  out = mechanism.cell_evidence(["v"], probs, np.array([1]), truth, ref, (0, 0), 96)
+  assert out["cell_pairs_on_object"] == s and out["cell_pairs_off_object"] == 8 * s
+  assert out["cell_accuracy_on_object"] == 1.0 and out["cell_accuracy_off_object"] == 0.0
+  assert out["cell_true_prob_on_object"] == pytest.approx(0.7)
+  assert out["cell_true_prob_off_object"] == pytest.approx(0.1)
+  # Shifted crop (dx = 40): the box is at x 0..20 of the crop, centre cell (0, 0); (0, 1)
+  # is then off the object (it is not touched) and says the true class.
+  out = mechanism.cell_evidence(["v"], probs, np.array([1]), truth, ref, (0, 40), 96)
+  assert out["cell_accuracy_on_object"] == 0.0
+  assert out["cell_accuracy_off_object"] == pytest.approx(1 / 8)
+  # Object outside the crop: nothing measured.
+  out = mechanism.cell_evidence(["v"], probs, np.array([1]), truth, ref, (70, 0), 96)
+  assert out["cell_accuracy_on_object"] is None and out["cell_pairs_off_object"] == 0
