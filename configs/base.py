@@ -187,6 +187,9 @@ def get_base_config(modality: str = 'rgb') -> ml_collections.ConfigDict:
   config.eval.dcw_top_k = 15
   config.eval.batch_size = 8                    # videos per batch on each host
   config.eval.at_end = True
+  # Keep each test segment's per-grid-cell class scores (mechanism.cell_evidence): (S, K, K, C)
+  # floats a video, ~0.5 MB at 224 px on UCF101 -- for small sets with ground truth only.
+  config.eval.cell_evidence = False
 
   # Parallelism and precision.
   config.parallel = 'pmap'                      # 'pmap' | 'shard_map'

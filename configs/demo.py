@@ -90,6 +90,7 @@ def get_config(arg: str = 'rgb,sta_ts3x3_3x1') -> ml_collections.ConfigDict:
   config.temporal.tam_backward = 'recompute'
 
   config.eval.num_views = 1
+  config.eval.cell_evidence = True               # mechanism metrics (100-ish test videos)
   config.eval.batch_size = 8
 
   config.checkpoint.every_steps = 100

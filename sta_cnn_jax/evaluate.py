@@ -55,9 +55,9 @@ def eval_step(variables, frames: jnp.ndarray, *, model, config: ml_collections.C
   Returns:
     'probs' `(B, S, C)` view-averaged softmax scores p(s_n);
     'attention' `(B, S, K, K)` centre-view spatial attention maps (zeros without spatial attention);
-    'cell_probs' `(B, S, K, K, C)` centre view: the classifier (fc, no dropout at test) applied
-      to each grid cell's features f_i alone, softmaxed -- what one location says about the
-      class (mechanism.cell_evidence).
+    'cell_probs' `(B, S, K, K, C)` (only with `config.eval.cell_evidence`) centre view: the
+      classifier (fc, no dropout at test) applied to each grid cell's features f_i alone,
+      softmaxed -- what one location says about the class (mechanism.cell_evidence).
   """
   b, s, v = frames.shape[:3]
   x = input_pipeline.normalize(frames.reshape((b * s * v,) + frames.shape[3:]), config.modality,
@@ -70,11 +70,15 @@ def eval_step(variables, frames: jnp.ndarray, *, model, config: ml_collections.C
   else:
     k = out["features"].shape[1]
     attention = jnp.zeros((b, s, k, k), jnp.float32)
-  features = out["features"].reshape((b, s, v) + out["features"].shape[1:])[:, :, center_view(v)]
-  fc = variables["params"]["acn"]["fc"]
-  cell_logits = jnp.einsum("bshwd,dc->bshwc", features.astype(jnp.float32),
-                           fc["kernel"].astype(jnp.float32)) + fc["bias"].astype(jnp.float32)
-  return {"probs": probs, "attention": attention, "cell_probs": jax.nn.softmax(cell_logits)}
+  result = {"probs": probs, "attention": attention}
+  if config.get("eval") is not None and config.eval.get("cell_evidence", False):
+    features = out["features"].reshape((b, s, v) + out["features"].shape[1:])[:, :,
+                                                                             center_view(v)]
+    fc = variables["params"]["acn"]["fc"]
+    cell_logits = jnp.einsum("bshwd,dc->bshwc", features.astype(jnp.float32),
+                             fc["kernel"].astype(jnp.float32)) + fc["bias"].astype(jnp.float32)
+    result["cell_probs"] = jax.nn.softmax(cell_logits)
+  return result
 
 
 def predict_segments(variables, batches: Iterable[dict], step, *,
@@ -96,20 +100,22 @@ def predict_segments(variables, batches: Iterable[dict], step, *,
     out["label"].append(np.asarray(batch["label"]).reshape(-1)[valid])
     out["segment_probs"].append(result["probs"].reshape((-1,) + result["probs"].shape[2:])[valid])
     for key in ("attention", "cell_probs"):
-      out[key].append(result[key].reshape((-1,) + result[key].shape[2:])[valid])
+      if key in result:
+        out[key].append(result[key].reshape((-1,) + result[key].shape[2:])[valid])
     kept = sum(len(f) for f in out["frames"])
     if kept < keep_frames:
       frames = np.asarray(batch["frames"]).reshape((-1,) + batch["frames"].shape[2:])[valid]
       out["frames"].append(frames[: keep_frames - kept, :, center_view(frames.shape[2])])
   if not out["label"]:
     raise ValueError("the eval split holds no videos")
+  kept = {"cell_probs": np.concatenate(out["cell_probs"])} if out["cell_probs"] else {}
   return {
+      **kept,
       "video_id": np.array([v.decode() if isinstance(v, bytes) else str(v)
                             for v in out["video_id"]]),
       "label": np.concatenate(out["label"]).astype(np.int64),
       "segment_probs": np.concatenate(out["segment_probs"]),
       "attention": np.concatenate(out["attention"]),
-      "cell_probs": np.concatenate(out["cell_probs"]),
       "frames": (np.concatenate(out["frames"]) if out["frames"]
                  else np.zeros((0,), np.uint8)),
   }
@@ -142,7 +148,7 @@ def gather_segments(segments: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   counts, widths = multihost_utils.process_allgather(
       (np.asarray(count, np.int64), np.asarray(width, np.int64)))
   length, width = int(np.max(counts)), int(np.max(widths))
-  local = {k: _pad_to(np.asarray(segments[k]), length) for k in GATHERED}
+  local = {k: _pad_to(np.asarray(segments[k]), length) for k in GATHERED if k in segments}
   local["video_id"] = _pad_to(_encode_ids(segments["video_id"], width), length)
   gathered = multihost_utils.process_allgather(local)          # leaves (P, length, ...)
   valid = np.arange(length)[None, :] < np.asarray(counts)[:, None]  # (P, length)

@@ -193,9 +193,12 @@ def test_mechanism(config: ml_collections.ConfigDict, segments: dict,
   height, width = config.input.frame_size
   crop = config.input.crop_size
   offset = tuple(int(v) for v in augment.center_offset(height, width, crop).numpy())
-  cells = mechanism.cell_evidence(segments['video_id'], segments['cell_probs'],
-                                  segments['label'], truth, ref, offset, crop)
-  out.update({key: cells[key] for key in CELL_EVIDENCE_KEYS})
+  if 'cell_probs' in segments:                        # config.eval.cell_evidence
+    cells = mechanism.cell_evidence(segments['video_id'], segments['cell_probs'],
+                                    segments['label'], truth, ref, offset, crop)
+    out.update({key: cells[key] for key in CELL_EVIDENCE_KEYS})
+  else:
+    out.update({key: None for key in CELL_EVIDENCE_KEYS})
   if config.model.spatial_attention:
     box = mechanism.attention_in_box(segments['video_id'], segments['attention'], truth, ref,
                                      offset, crop)

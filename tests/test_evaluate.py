@@ -20,6 +20,7 @@ def tiny_config():
   config.modality = "rgb"
   config.input = ml_collections.ConfigDict(dict(mean=(104.0, 117.0, 128.0), std=(1.0, 1.0, 1.0),
                                                 bgr=True))
+  config.eval = ml_collections.ConfigDict(dict(cell_evidence=True))
   return config
 
 
@@ -54,6 +55,12 @@ def test_eval_step_averages_softmax_over_views(model_and_vars):
   assert out["cell_probs"].shape == (b, s, 1, 1, 5)
   centre = probs.reshape(b, s, v, 5)[:, :, evaluate.center_view(v)]
   np.testing.assert_allclose(out["cell_probs"][:, :, 0, 0], centre, rtol=1e-4, atol=1e-6)
+  # Off by default (configs/base.py): nothing per cell is computed or kept.
+  config.eval.cell_evidence = False
+  out = jax.jit(lambda var, f: evaluate.eval_step(var, f, model=model, config=config))(
+      variables, frames)
+  assert "cell_probs" not in out
+  np.testing.assert_allclose(out["probs"], want, rtol=1e-4, atol=1e-6)
 
 
 def test_center_view_index():
