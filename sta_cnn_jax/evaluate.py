@@ -55,9 +55,10 @@ def eval_step(variables, frames: jnp.ndarray, *, model, config: ml_collections.C
   Returns:
     'probs' `(B, S, C)` view-averaged softmax scores p(s_n);
     'attention' `(B, S, K, K)` centre-view spatial attention maps (zeros without spatial attention);
-    'cell_probs' `(B, S, K, K, C)` (only with `config.eval.cell_evidence`) centre view: the
-      classifier (fc, no dropout at test) applied to each grid cell's features f_i alone,
-      softmaxed -- what one location says about the class (mechanism.cell_evidence).
+    'cell_probs' `(B, S, K, K, C)` (only with `config.eval.cell_evidence`, for models with
+      STACNN's classifier `acn/fc`) centre view: the classifier (fc, no dropout at test)
+      applied to each grid cell's features f_i alone, softmaxed -- what one location says
+      about the class (mechanism.cell_evidence).
   """
   b, s, v = frames.shape[:3]
   x = input_pipeline.normalize(frames.reshape((b * s * v,) + frames.shape[3:]), config.modality,
@@ -71,10 +72,11 @@ def eval_step(variables, frames: jnp.ndarray, *, model, config: ml_collections.C
     k = out["features"].shape[1]
     attention = jnp.zeros((b, s, k, k), jnp.float32)
   result = {"probs": probs, "attention": attention}
-  if config.get("eval") is not None and config.eval.get("cell_evidence", False):
+  fc = variables["params"].get("acn", {}).get("fc")   # STACNN's classifier (not stand-ins')
+  wanted = config.get("eval") is not None and config.eval.get("cell_evidence", False)
+  if wanted and fc is not None:
     features = out["features"].reshape((b, s, v) + out["features"].shape[1:])[:, :,
                                                                              center_view(v)]
-    fc = variables["params"]["acn"]["fc"]
     cell_logits = jnp.einsum("bshwd,dc->bshwc", features.astype(jnp.float32),
                              fc["kernel"].astype(jnp.float32)) + fc["bias"].astype(jnp.float32)
     result["cell_probs"] = jax.nn.softmax(cell_logits)
