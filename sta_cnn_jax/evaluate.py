@@ -110,9 +110,9 @@ def predict_segments(variables, batches: Iterable[dict], step, *,
       out["frames"].append(frames[: keep_frames - kept, :, center_view(frames.shape[2])])
   if not out["label"]:
     raise ValueError("the eval split holds no videos")
-  kept = {"cell_probs": np.concatenate(out["cell_probs"])} if out["cell_probs"] else {}
+  optional = {"cell_probs": np.concatenate(out["cell_probs"])} if out["cell_probs"] else {}
   return {
-      **kept,
+      **optional,
       "video_id": np.array([v.decode() if isinstance(v, bytes) else str(v)
                             for v in out["video_id"]]),
       "label": np.concatenate(out["label"]).astype(np.int64),

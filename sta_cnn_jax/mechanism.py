@@ -31,7 +31,7 @@ t .. t+5). It lies in the window when start <= frame < stop.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -135,6 +135,23 @@ def clip_box(box: Sequence[float], size: tuple[int, int]) -> Optional[list[float
   return clipped if clipped[2] - clipped[0] >= 1 and clipped[3] - clipped[1] >= 1 else None
 
 
+def boxes_in_crop(video_ids: Sequence[str], truth: Mapping[str, dict], ref_frames: np.ndarray,
+                  crop_offset: tuple[int, int], crop_size: int
+                  ) -> Iterator[tuple[int, int, list[float]]]:
+  """(video index, segment index, box in crop pixels) for every (video, segment) whose
+  reference frame shows the object inside the crop at crop_offset (dy, dx)."""
+  dy, dx = crop_offset
+  for v, vid in enumerate(video_ids):
+    for s, frame in enumerate(ref_frames[v]):
+      box = truth[vid]['boxes'][int(frame)]
+      if box is None:
+        continue
+      clipped = clip_box([box[0] - dx, box[1] - dy, box[2] - dx, box[3] - dy],
+                         (crop_size, crop_size))
+      if clipped is not None:          # else the object is outside the crop
+        yield v, s, clipped
+
+
 def attention_in_box(video_ids: Sequence[str], attention: np.ndarray, truth: Mapping[str, dict],
                      ref_frames: np.ndarray, crop_offset: tuple[int, int], crop_size: int
                      ) -> dict[str, Any]:
@@ -143,19 +160,11 @@ def attention_in_box(video_ids: Sequence[str], attention: np.ndarray, truth: Map
 
   attention: (V, S, K, K) maps of the crop at crop_offset (dy, dx) of the prepared frame.
   """
-  dy, dx = crop_offset
+  size = (crop_size, crop_size)
   mass, area = [], []
-  for v, vid in enumerate(video_ids):
-    for s, frame in enumerate(ref_frames[v]):
-      box = truth[vid]['boxes'][int(frame)]
-      if box is None:
-        continue
-      size = (crop_size, crop_size)
-      clipped = clip_box([box[0] - dx, box[1] - dy, box[2] - dx, box[3] - dy], size)
-      if clipped is None:
-        continue                       # the object is outside the crop
-      mass.append(visualize.attention_mass_in_box(attention[v, s], clipped, size))
-      area.append(visualize.box_area_fraction(clipped, size))
+  for v, s, box in boxes_in_crop(video_ids, truth, ref_frames, crop_offset, crop_size):
+    mass.append(visualize.attention_mass_in_box(attention[v, s], box, size))
+    area.append(visualize.box_area_fraction(box, size))
   return {'attention_in_box': float(np.mean(mass)) if mass else None,
           'box_area_fraction': float(np.mean(area)) if area else None,
           'num_segments_with_object': len(mass)}
@@ -191,36 +200,27 @@ def cell_evidence(video_ids: Sequence[str], cell_probs: np.ndarray, labels: np.n
   covers the object), Weighted Spatial Pooling has nothing to gain from moving its mass there.
 
   cell_probs: (V, S, K, K, C) of the crop at crop_offset (dy, dx); labels: (V,).
-  Returns top-1 accuracy and mean true-class probability on / off the object (chance: 1 / C and
-  the number of (segment, cell) pairs behind each.
+  Returns top-1 accuracy and mean true-class probability on / off the object (chance: 1 / C),
+  and the number of (segment, cell) pairs behind each.
   """
-  dy, dx = crop_offset
   k = cell_probs.shape[2]
-  edges = np.arange(k + 1) * (crop_size / k)                    # cell boundaries in crop pixels
+  cell = crop_size / k                                            # cell side in crop pixels
   on_hit, on_prob, off_hit, off_prob = [], [], [], []
-  for v, vid in enumerate(video_ids):
+  for v, s, (x0, y0, x1, y1) in boxes_in_crop(video_ids, truth, ref_frames, crop_offset,
+                                              crop_size):
     label = int(labels[v])
-    for s, frame in enumerate(ref_frames[v]):
-      box = truth[vid]['boxes'][int(frame)]
-      if box is None:
-        continue
-      clipped = clip_box([box[0] - dx, box[1] - dy, box[2] - dx, box[3] - dy],
-                         (crop_size, crop_size))
-      if clipped is None:
-        continue
-      cx, cy = (clipped[0] + clipped[2]) / 2, (clipped[1] + clipped[3]) / 2
-      centre = (min(int(np.searchsorted(edges, cy, 'right')) - 1, k - 1),
-                min(int(np.searchsorted(edges, cx, 'right')) - 1, k - 1))
-      probs = cell_probs[v, s]                                   # (K, K, C)
-      for i in range(k):
-        for j in range(k):
-          touches = (edges[j] < clipped[2] and clipped[0] < edges[j + 1] and
-                     edges[i] < clipped[3] and clipped[1] < edges[i + 1])
-          hit, prob = float(np.argmax(probs[i, j]) == label), float(probs[i, j, label])
-          if (i, j) == centre:
-            on_hit.append(hit), on_prob.append(prob)
-          elif not touches:
-            off_hit.append(hit), off_prob.append(prob)
+    centre = (min(int((y0 + y1) / 2 // cell), k - 1), min(int((x0 + x1) / 2 // cell), k - 1))
+    probs = cell_probs[v, s]                                      # (K, K, C)
+    for i in range(k):
+      for j in range(k):
+        touches = j * cell < x1 and x0 < (j + 1) * cell and i * cell < y1 and y0 < (i + 1) * cell
+        hit, prob = float(np.argmax(probs[i, j]) == label), float(probs[i, j, label])
+        if (i, j) == centre:
+          on_hit.append(hit)
+          on_prob.append(prob)
+        elif not touches:
+          off_hit.append(hit)
+          off_prob.append(prob)
   mean = lambda x: float(np.mean(x)) if x else None
   return {'cell_accuracy_on_object': mean(on_hit), 'cell_accuracy_off_object': mean(off_hit),
           'cell_true_prob_on_object': mean(on_prob), 'cell_true_prob_off_object': mean(off_prob),
