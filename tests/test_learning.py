@@ -6,7 +6,9 @@
 * learns a spatial attention map that concentrates where the class evidence is.
 
 These run the real train step (train.train_step under parallel.make_parallel_step) on batches
-built in memory, so each is a few compiles and a few dozen steps.
+built in memory, so each is a few compiles and a few dozen steps. The compiles dominate (XLA:CPU
+compiles a program on about one thread), so the module's runs go side by side through job_pool,
+one worker per core (the `runs` fixture), and each test checks its run's outcome.
 """
 
 import functools
@@ -18,12 +20,17 @@ import pytest
 
 from configs import demo
 from sta_cnn_jax import input_pipeline
+from sta_cnn_jax import job_pool
 from sta_cnn_jax import parallel
 from sta_cnn_jax import train
 
 CROP = 64
 NUM_CLASSES = 2
 VIDEOS = 8
+OVERFIT_ROWS = ('baseline', 'tam_ts3x3_3x1', 'sam_cnn3', 'sta_ts3x3_3x1')
+OVERFIT_STEPS = 40
+SPATIAL_STEPS = 60
+COLLAPSE_STEPS = 30
 
 
 def _config(row, modality='rgb', crop=CROP):
@@ -73,17 +80,6 @@ def _noise_videos(config, seed=0):
           'label': np.arange(VIDEOS, dtype=np.int32) % NUM_CLASSES}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize('row', ['baseline', 'tam_ts3x3_3x1', 'sam_cnn3', 'sta_ts3x3_3x1'])
-def test_every_kind_of_row_overfits_a_tiny_set(row):
-  config = _config(row)
-  batch = _noise_videos(config)
-  state, metrics, model = _train(config, [batch], steps=40)
-  assert float(metrics['accuracy']) >= 0.95, (row, float(metrics['loss']))
-  logits, _ = _eval_logits(config, state, model, batch['frames'])
-  assert np.mean(np.argmax(logits.mean(1), -1) == batch['label']) >= 0.95
-
-
 def _region_videos(config, num_videos, seed):
   """Class = the colour (red / blue) of the top-left quadrant of both frames; every other pixel
   is uniform noise, so one region of the image carries the class."""
@@ -98,36 +94,85 @@ def _region_videos(config, num_videos, seed):
   return {'frames': frames, 'label': labels}
 
 
-@pytest.mark.slow
-def test_spatial_attention_concentrates_on_the_region_that_carries_the_class():
-  config = _config('sam_cnn1', crop=64)           # K = 2: four locations
+# Runs (job_pool jobs: module-level functions returning NumPy values).
+
+
+def overfit_run(row):
+  """Trains `row` on one fixed batch of noise videos; its last train accuracy and the eval-mode
+  accuracy of the trained network on the same videos."""
+  config = _config(row)
+  batch = _noise_videos(config)
+  state, metrics, model = _train(config, [batch], steps=OVERFIT_STEPS)
+  logits, _ = _eval_logits(config, state, model, batch['frames'])
+  return {'train_accuracy': float(metrics['accuracy']), 'loss': float(metrics['loss']),
+          'eval_accuracy': float(np.mean(np.argmax(logits.mean(1), -1) == batch['label']))}
+
+
+def spatial_run():
+  """SAM-CNN1 (K = 2: four locations) trained on region videos; held-out maps and accuracy."""
+  config = _config('sam_cnn1', crop=64)
   train_batches = [_region_videos(config, VIDEOS, seed) for seed in range(4)]
-  state, _, model = _train(config, train_batches, steps=60)
+  state, _, model = _train(config, train_batches, steps=SPATIAL_STEPS)
   held_out = _region_videos(config, VIDEOS, seed=99)
   logits, attention = _eval_logits(config, state, model, held_out['frames'])
-  maps = attention.reshape(attention.shape[0], -1)                         # (V*S, K^2)
-  entropy = -np.sum(maps * np.log(np.maximum(maps, 1e-12)), axis=-1)
-  k2 = maps.shape[-1]
-  # Uniform (the SAL's initial map) has entropy log K^2.
-  assert np.mean(entropy) < 0.75 * np.log(k2), np.mean(entropy)
-  assert np.mean(np.argmax(logits.mean(1), -1) == held_out['label']) >= 0.9
+  return {'maps': attention.reshape(attention.shape[0], -1),                # (V*S, K^2)
+          'accuracy': float(np.mean(np.argmax(logits.mean(1), -1) == held_out['label']))}
 
 
-@pytest.mark.slow
-def test_no_collapse_in_eval_mode_after_a_short_run():
-  """PreciseBN keeps eval-mode logits on the scale of training-mode logits, so held-out
-  predictions neither collapse to one class nor saturate the softmax."""
+def no_collapse_run():
+  """TSN N=3 for a short run, then PreciseBN as the loop runs it (train.recompute_batch_stats)
+  on training batches; eval-mode logits (V, S, C) of held-out videos."""
+  from sta_cnn_jax import precise_bn  # pylint: disable=g-import-not-at-top
   config = _config('tsn3')
   config.precise_bn.num_batches = 4
   train_batches = [_region_videos(config, VIDEOS, seed) for seed in range(4)]
-  state, _, model = _train(config, train_batches, steps=30)
-  # PreciseBN as the loop runs it (train.recompute_batch_stats), on training batches.
+  state, _, model = _train(config, train_batches, steps=COLLAPSE_STEPS)
   batches = iter(jax.tree_util.tree_map(lambda x: x[None], b) for b in train_batches)
-  from sta_cnn_jax import precise_bn  # pylint: disable=g-import-not-at-top
   stats = precise_bn.precise_batch_stats(state, config, batches, 4, config.parallel)
   state = state.replace(batch_stats=stats)
   held_out = _region_videos(config, VIDEOS, seed=7)
   logits, _ = _eval_logits(config, state, model, held_out['frames'])
+  return {'logits': logits}
+
+
+# Relative run times (job_pool starts the costliest first): measured alone, 2026-12-01.
+_RUN_COST = {'sam_cnn3': 167, 'baseline': 143, 'sta_ts3x3_3x1': 143, 'tam_ts3x3_3x1': 136,
+             'spatial': 93, 'no_collapse': 82}
+
+
+@pytest.fixture(scope='module')
+def runs():
+  """Every run of this module, side by side (one worker process per core on a CPU host)."""
+  jobs = [job_pool.Job(f'overfit_{row}', overfit_run, {'row': row}, cost=_RUN_COST[row])
+          for row in OVERFIT_ROWS]
+  jobs += [job_pool.Job('spatial', spatial_run, {}, cost=_RUN_COST['spatial']),
+           job_pool.Job('no_collapse', no_collapse_run, {}, cost=_RUN_COST['no_collapse'])]
+  return job_pool.run_jobs(jobs, min(job_pool.default_workers(), len(jobs)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('row', OVERFIT_ROWS)
+def test_every_kind_of_row_overfits_a_tiny_set(runs, row):
+  result = runs[f'overfit_{row}']
+  assert result['train_accuracy'] >= 0.95, (row, result)
+  assert result['eval_accuracy'] >= 0.95, (row, result)
+
+
+@pytest.mark.slow
+def test_spatial_attention_concentrates_on_the_region_that_carries_the_class(runs):
+  maps = runs['spatial']['maps']
+  entropy = -np.sum(maps * np.log(np.maximum(maps, 1e-12)), axis=-1)
+  k2 = maps.shape[-1]
+  # Uniform (the SAL's initial map) has entropy log K^2.
+  assert np.mean(entropy) < 0.75 * np.log(k2), np.mean(entropy)
+  assert runs['spatial']['accuracy'] >= 0.9
+
+
+@pytest.mark.slow
+def test_no_collapse_in_eval_mode_after_a_short_run(runs):
+  """PreciseBN keeps eval-mode logits on the scale of training-mode logits, so held-out
+  predictions neither collapse to one class nor saturate the softmax."""
+  logits = runs['no_collapse']['logits']
   probs = jax.nn.softmax(jnp.asarray(logits), -1)
   assert len(np.unique(np.argmax(logits.mean(1), -1))) > 1
   assert float(jnp.mean(jnp.max(probs, -1))) < 0.999
