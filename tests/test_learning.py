@@ -135,9 +135,10 @@ def no_collapse_run():
   return {'logits': logits}
 
 
-# Relative run times (job_pool starts the costliest first): measured alone, 2026-12-01.
-_RUN_COST = {'sam_cnn3': 167, 'baseline': 143, 'sta_ts3x3_3x1': 143, 'tam_ts3x3_3x1': 136,
-             'spatial': 93, 'no_collapse': 82}
+# Relative run times (job_pool starts the costliest first): seconds of each run, one after
+# the other in one process, cold compilation cache (2026-12-01).
+_RUN_COST = {'sam_cnn3': 150, 'sta_ts3x3_3x1': 122, 'tam_ts3x3_3x1': 118, 'baseline': 110,
+             'spatial': 104, 'no_collapse': 92}
 
 
 @pytest.fixture(scope='module')
