@@ -6,6 +6,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -107,3 +108,62 @@ def test_verbosity_flag_or_user_variable_shows_them(prepared):
     pytest.skip("this TensorFlow prints no start-up lines on this machine")
   assert startup_lines(_run(verify + ["--verbosity=1"])) != []
   assert startup_lines(_run(verify)) == []
+
+
+LOGGED_AT_IMPORT = """WARNING: All log messages before absl::InitializeLog() is called are written to STDERR
+I0000 00:00:1796175261.849360    8224 port.cc:153] oneDNN custom operations are on.
+I0000 00:00:1796175350.749946    8326 cpu_feature_guard.cc:227] This TensorFlow binary is optimized
+To enable the following instructions: AVX2 AVX512F, in other operations, rebuild TensorFlow.
+W0000 00:00:1796115837.790015   10159 local_rendezvous.cc:412] Local rendezvous is aborting
+E0000 00:00:1733915000.1    77 mkl_util.h:123] oneDNN supports DT_UINT8 only on AVX-512.
+/x/y.py:3: UserWarning: a Python warning
+  warnings.warn("a Python warning")
+plain text
+"""
+
+
+@pytest.mark.parametrize("level, kept", [
+    (0, LOGGED_AT_IMPORT.splitlines()),
+    (1, ["W0000", "E0000", "/x/y.py", "  warnings", "plain"]),
+    (2, ["E0000", "/x/y.py", "  warnings", "plain"]),
+    (3, ["/x/y.py", "  warnings", "plain"]),
+])
+def test_filter_log_text_drops_lines_below_the_level_with_their_continuations(level, kept):
+  out = startup_log.filter_log_text(LOGGED_AT_IMPORT, level).splitlines()
+  assert [line[:len(k)] for line, k in zip(out, kept)] == kept and len(out) == len(kept)
+
+
+def test_filtered_stderr_fd_filters_what_cpp_writes_and_passes_all_on_failure():
+  code = textwrap.dedent("""
+      import os, sys
+      from sta_cnn_jax import startup_log
+      with startup_log.filtered_stderr_fd(3):
+        os.write(2, b"kept line\\n")
+        os.write(2, b"I0000 00:00:1.0    1 port.cc:153] hidden\\n")
+        os.write(2, b"its continuation, hidden too\\n")
+      try:
+        with startup_log.filtered_stderr_fd(3):
+          os.write(2, b"I0000 00:00:1.0    1 port.cc:153] shown, the block failed\\n")
+          raise RuntimeError("boom")
+      except RuntimeError:
+        pass
+      """)
+  stderr = _run(["-c", code])
+  assert "hidden" not in stderr, stderr
+  assert "kept line" in stderr and "shown, the block failed" in stderr
+
+
+def test_the_import_hook_wraps_only_the_first_tensorflow_import():
+  code = textwrap.dedent("""
+      import sys
+      import sta_cnn_jax
+      from sta_cnn_jax import startup_log
+      assert any(isinstance(f, startup_log.TensorFlowImportFilter) for f in sys.meta_path)
+      import numpy                               # another package: untouched
+      assert not isinstance(numpy.__loader__, startup_log._FilteredLoader)
+      import tensorflow as tf
+      assert isinstance(tf.__loader__, startup_log._FilteredLoader), tf.__loader__
+      assert not any(isinstance(f, startup_log.TensorFlowImportFilter) for f in sys.meta_path)
+      assert int(tf.constant(1) + 1) == 2
+      """)
+  _run(["-c", code])
