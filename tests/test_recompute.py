@@ -37,7 +37,7 @@ class RunningStatsNet(nn.Module):
 
 
 def _state(config, model, seed=1):
-  variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, CROP, CROP, 6)), train=False)
+  variables = train.initialized(jax.random.PRNGKey(seed), model, (CROP, CROP, 6), train=False)
   params = dict(variables['params'])
   # A non-trivial classifier so that the snippets' confidences differ.
   params['fc'] = dict(params['fc'], kernel=jax.random.normal(
