@@ -19,6 +19,21 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "2")
 
 
+# Tests whose own work already runs side by side on every core (job_pool workers: the learning
+# runs, the demo). Under pytest-xdist (`pytest -n auto`, pyproject's --dist loadgroup) they share
+# one worker and are collected first, so the other workers' one-core tests fill the cores
+# around them instead of two of them doubling up at the end.
+SELF_PARALLEL = pytest.mark.xdist_group(name="self_parallel")
+
+
+def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argument
+  """Runs the SELF_PARALLEL tests first (a stable sort: the rest keep their order)."""
+  def is_self_parallel(item) -> bool:
+    marker = item.get_closest_marker("xdist_group")
+    return marker is not None and marker.kwargs.get("name") == "self_parallel"
+  items.sort(key=lambda item: not is_self_parallel(item))
+
+
 def _testdata_path() -> pathlib.Path:
   return pathlib.Path(os.environ.get("STA_CNN_TESTDATA", DEFAULT_TESTDATA))
 

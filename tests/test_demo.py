@@ -11,9 +11,11 @@ import pytest
 
 from sta_cnn_jax import demo
 from sta_cnn_jax import metrics
+from tests.conftest import SELF_PARALLEL
 
 
 @pytest.mark.slow
+@SELF_PARALLEL   # its runs go side by side on every core
 def test_demo_runs_end_to_end(tmp_path, monkeypatch):
   workdir = str(tmp_path / "demo")
   # The demo's own data set, smaller (the path is the same).

@@ -23,6 +23,9 @@ from sta_cnn_jax import input_pipeline
 from sta_cnn_jax import job_pool
 from sta_cnn_jax import parallel
 from sta_cnn_jax import train
+from tests.conftest import SELF_PARALLEL
+
+pytestmark = SELF_PARALLEL   # its runs go side by side on every core
 
 CROP = 64
 NUM_CLASSES = 2
