@@ -23,14 +23,15 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "2")
 # runs, the demo). Under pytest-xdist (`pytest -n auto`, pyproject's --dist loadgroup) they share
 # one worker and are collected first, so the other workers' one-core tests fill the cores
 # around them instead of two of them doubling up at the end.
-SELF_PARALLEL = pytest.mark.xdist_group(name="self_parallel")
+SELF_PARALLEL_GROUP = "self_parallel"
+SELF_PARALLEL = pytest.mark.xdist_group(name=SELF_PARALLEL_GROUP)
 
 
 def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argument
   """Runs the SELF_PARALLEL tests first (a stable sort: the rest keep their order)."""
   def is_self_parallel(item) -> bool:
     marker = item.get_closest_marker("xdist_group")
-    return marker is not None and marker.kwargs.get("name") == "self_parallel"
+    return marker is not None and marker.kwargs.get("name") == SELF_PARALLEL_GROUP
   items.sort(key=lambda item: not is_self_parallel(item))
 
 
