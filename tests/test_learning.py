@@ -119,7 +119,7 @@ def overfit_run(row):
 
 def spatial_run():
   """SAM-CNN3 (K = 2 at 64 px: four locations) trained on region videos; held-out maps and
-  accuracy. The overfit run's configuration, so the same compiled programs (SHARED_PROGRAMS)."""
+  accuracy. The overfit run's configuration, so the same compiled programs (SPATIAL_ROW)."""
   config = _config(SPATIAL_ROW)
   train_batches = [_region_videos(config, VIDEOS, seed) for seed in range(4)]
   state, _, model = _train(config, train_batches, steps=SPATIAL_STEPS)
@@ -132,7 +132,7 @@ def spatial_run():
 def no_collapse_run():
   """The baseline for a short run, then PreciseBN as the loop runs it
   (train.recompute_batch_stats) on training batches; eval-mode logits (V, S, C) of held-out
-  videos. The overfit run's configuration, so the same compiled programs (SHARED_PROGRAMS)."""
+  videos. The overfit run's configuration, so the same compiled programs (NO_COLLAPSE_ROW)."""
   from sta_cnn_jax import precise_bn  # pylint: disable=g-import-not-at-top
   config = _config(NO_COLLAPSE_ROW)
   config.precise_bn.num_batches = 4
