@@ -498,6 +498,39 @@ def test_normalize_rgb_and_flow_vs_numpy():
     ip.normalize(flow, "rgb")
 
 
+def test_prefetch_releases_its_iterator_off_the_calling_thread():
+  """A tf.data iterator's destructor can wait up to a minute for its autotuning thread
+  (loop.release_in_background): closing the prefetch generator must not wait for it."""
+  import threading  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  from sta_cnn_jax import loop  # pylint: disable=g-import-not-at-top
+  released = threading.Event()
+  where = []
+
+  class SlowToDelete:
+    def __init__(self):
+      self.items = iter([{'frames': np.zeros((1, 1, 2), np.uint8)}] * 5)
+
+    def __iter__(self):
+      return self
+
+    def __next__(self):
+      return next(self.items)
+
+    def __del__(self):
+      time.sleep(1.0)
+      where.append(threading.current_thread().name)
+      released.set()
+
+  batches = loop.prefetch(SlowToDelete(), 1, 'pmap')
+  assert float(np.asarray(next(batches)['frames']).sum()) == 0.0
+  start = time.time()
+  batches.close()
+  assert time.time() - start < 0.5           # close() did not run the slow destructor
+  assert released.wait(10.0)                 # ... which still ran, in the background
+  assert where == ['release_iterator']
+
+
 @pytest.mark.multidevice
 def test_prefetch_feeds_pmap():
   out = run_multidevice("""
