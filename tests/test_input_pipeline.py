@@ -509,7 +509,7 @@ def test_prefetch_releases_its_iterator_off_the_calling_thread():
 
   class SlowToDelete:
     def __init__(self):
-      self.items = iter([{'frames': np.zeros((1, 1, 2), np.uint8)}] * 5)
+      self.items = iter([{'frames': np.zeros((jax.local_device_count(), 1, 2), np.uint8)}] * 5)
 
     def __iter__(self):
       return self
