@@ -12,6 +12,7 @@ that away from the borders) and whether it was flipped (the B / flow-y gradient'
 
 import json
 import os
+import threading
 
 import jax
 import numpy as np
@@ -22,6 +23,7 @@ from configs import base as config_base
 from sta_cnn_jax import augment
 from sta_cnn_jax import dataset_files
 from sta_cnn_jax import input_pipeline as ip
+from sta_cnn_jax import loop
 from tests import test_sampling as ref
 from tests.conftest import run_multidevice
 from tests.train_utils import set_fields
@@ -500,11 +502,10 @@ def test_normalize_rgb_and_flow_vs_numpy():
 
 def test_prefetch_releases_its_iterator_off_the_calling_thread():
   """A tf.data iterator's destructor can wait up to a minute for its autotuning thread
-  (loop.release_in_background): closing the prefetch generator must not wait for it."""
-  import threading  # pylint: disable=g-import-not-at-top
-  import time  # pylint: disable=g-import-not-at-top
-  from sta_cnn_jax import loop  # pylint: disable=g-import-not-at-top
-  released = threading.Event()
+  (loop.release_in_background): closing the prefetch generator must not wait for it. The
+  destructor here blocks until the test opens `gate` after close() returned; run on the calling
+  thread it would return only at the timeout, from the wrong thread."""
+  gate, released = threading.Event(), threading.Event()
   where = []
 
   class SlowToDelete:
@@ -518,15 +519,15 @@ def test_prefetch_releases_its_iterator_off_the_calling_thread():
       return next(self.items)
 
     def __del__(self):
-      time.sleep(1.0)
+      gate.wait(10.0)
       where.append(threading.current_thread().name)
       released.set()
 
   batches = loop.prefetch(SlowToDelete(), 1, 'pmap')
   assert float(np.asarray(next(batches)['frames']).sum()) == 0.0
-  start = time.time()
   batches.close()
-  assert time.time() - start < 0.5           # close() did not run the slow destructor
+  assert not released.is_set()               # close() did not run the destructor itself
+  gate.set()
   assert released.wait(10.0)                 # ... which still ran, in the background
   assert where == ['release_iterator']
 
