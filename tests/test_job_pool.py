@@ -2,6 +2,8 @@
 
 import os
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from sta_cnn_jax import job_pool
@@ -21,6 +23,19 @@ def cores(tag):
 
 def fail(x):
   raise ValueError(f'bad input {x}')
+
+
+@jax.jit
+def _double(x):
+  return 2 * x
+
+
+def compile_double(n):
+  return float(_double(jnp.ones(n)).sum())
+
+
+def compiled_programs(_):
+  return _double._cache_size()
 
 
 def _jobs():
@@ -64,3 +79,15 @@ def test_a_failing_job_is_named_and_unknown_needs_are_refused():
                         2)
   with pytest.raises(ValueError, match="needs unknown jobs"):
     job_pool.run_jobs([job_pool.Job('a', add, {}, needs={'a': 'missing'})], 1)
+
+
+def test_a_job_leaves_no_compiled_programs_in_memory_for_the_next():
+  """release_memory after each job: the next job (same process with one worker) finds JAX's
+  in-memory caches empty, so a long run's memory does not grow with its jobs."""
+  jobs = [job_pool.Job('compile', compile_double, {'n': 3}, cost=2.0),
+          job_pool.Job('count', compiled_programs, {'_': 0}, needs={'_': 'compile'}, cost=1.0)]
+  results = job_pool.run_jobs(jobs, 1)
+  assert results['compile'] == 6.0
+  assert results['count'] == 0
+  _double(jnp.ones(2))
+  assert _double._cache_size() == 1       # the count above is not vacuous
