@@ -332,7 +332,8 @@ def train_all(args: argparse.Namespace, rows: Sequence[str], seeds: Sequence[int
           'ave_top1', 'dcw_top1', 'train_seconds', 'eval_seconds')}}), flush=True)
 
   results = job_pool.run_jobs(
-      jobs, workers, (experiment.prepare_worker, (args.out, logging.get_verbosity())), report)
+      jobs, workers, (experiment.prepare_worker, (args.out, logging.get_verbosity())), report,
+      release_after_jobs=True)
   entries = experiment.collect_entries(results, rows, STREAMS, seeds, len(data['classes']))
   epe = [results[experiment.san_name(seed)][1] for seed in san_configs]
   return entries, epe, f'{len(jobs)} runs on {workers} worker process(es) (sta_cnn_jax/job_pool.py)'

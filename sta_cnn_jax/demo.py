@@ -140,7 +140,7 @@ def run(workdir: str, rows: Sequence[str], seed: int = 0, steps: int = 0,
   with tqdm.tqdm(total=len(jobs), desc=f"runs ({workers} side by side)", unit="run") as bar:
     results = job_pool.run_jobs(
         jobs, workers, (experiment.prepare_worker, (workdir, logging.get_verbosity())),
-        lambda job, result, seconds: bar.update(1))
+        lambda job, result, seconds: bar.update(1), release_after_jobs=True)
   entries = experiment.collect_entries(results, rows, STREAMS, [seed], len(classes))
   san_report = results[experiment.san_name(seed)][1] if san_configs else None
   table = format_table(entries)

@@ -115,12 +115,14 @@ def release_memory() -> None:
     pass
 
 
-def _call(fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> tuple[Any, float]:
+def _call(fn: Callable[..., Any], kwargs: Mapping[str, Any],
+          release: bool = False) -> tuple[Any, float]:
   start = time.time()
   try:
     return fn(**kwargs), time.time() - start
   finally:
-    release_memory()
+    if release:
+      release_memory()
 
 
 def _ready(pending: dict[str, Job], results: Mapping[str, Any]) -> list[Job]:
@@ -144,10 +146,13 @@ def _kwargs(job: Job, results: Mapping[str, Any]) -> dict[str, Any]:
 
 def run_jobs(jobs: Sequence[Job], workers: int = 1,
              setup: Optional[tuple[Callable[..., None], tuple]] = None,
-             on_done: Optional[Callable[[Job, Any, float], None]] = None) -> dict[str, Any]:
+             on_done: Optional[Callable[[Job, Any, float], None]] = None,
+             release_after_jobs: bool = False) -> dict[str, Any]:
   """Runs every job; returns {job name: result}. `setup` = (function, args) runs once in each
   worker first (e.g. the compilation cache); `on_done(job, result, seconds)` in this process
-  as each job ends. A failing job stops the run with its name."""
+  as each job ends. A failing job stops the run with its name. `release_after_jobs`:
+  `release_memory` after every job (the demo and the fidelity benchmark, whose workers run many
+  trainings each)."""
   _check_needs(jobs)
   pending = {j.name: j for j in jobs}
   results: dict[str, Any] = {}
@@ -165,7 +170,7 @@ def run_jobs(jobs: Sequence[Job], workers: int = 1,
       if not ready:
         raise ValueError(f'job_pool.py: jobs wait on each other: {sorted(pending)}')
       job = pending.pop(ready[0].name)
-      finish(job, *_call(job.fn, _kwargs(job, results)))
+      finish(job, *_call(job.fn, _kwargs(job, results), release_after_jobs))
     return results
 
   context = multiprocessing.get_context('spawn')  # no fork of a process holding XLA / TF threads
@@ -179,7 +184,7 @@ def run_jobs(jobs: Sequence[Job], workers: int = 1,
     while pending or running:
       for job in _ready(pending, results)[:workers - len(running)]:
         del pending[job.name]
-        running[pool.submit(_call, job.fn, _kwargs(job, results))] = job
+        running[pool.submit(_call, job.fn, _kwargs(job, results), release_after_jobs)] = job
       if not running:
         raise ValueError(f'job_pool.py: jobs wait on each other: {sorted(pending)}')
       done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)

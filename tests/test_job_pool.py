@@ -86,7 +86,7 @@ def test_a_job_leaves_no_compiled_programs_in_memory_for_the_next():
   in-memory caches empty, so a long run's memory does not grow with its jobs."""
   jobs = [job_pool.Job('compile', compile_double, {'n': 3}, cost=2.0),
           job_pool.Job('count', compiled_programs, {'_': 0}, needs={'_': 'compile'}, cost=1.0)]
-  results = job_pool.run_jobs(jobs, 1)
+  results = job_pool.run_jobs(jobs, 1, release_after_jobs=True)
   assert results['compile'] == 6.0
   assert results['count'] == 0
   _double(jnp.ones(2))
