@@ -24,6 +24,8 @@ Mechanism metrics (sta_cnn_jax.mechanism), each beside its chance level:
   tam_precision    fraction of the snippets Algorithm 1 selects on the TRAINING videos (the
                    trained network in eval mode on the row's N x M snippets at TSN's test
                    positions) that lie in the evidence window; chance `tam_base_rate`.
+  tam_probe_train_top1  AVE top-1 on those training videos (eval mode): beside the test top-1,
+                   underfitting (behind on both) vs overfitting (behind on test only).
   dcw_precision    the same for DCW's top-15 test segments; chance `dcw_base_rate`.
   attention_in_box spatial attention mass inside the object's box (SAM / STA rows); chance
                    `box_area_fraction`.
@@ -78,8 +80,13 @@ FUSION = experiment.FUSION
 FIDELITY_DATASET = dict(num_classes=10, videos_per_class=74, test_per_class=10, frames=48)
 # --validation: the last groups of each class's training videos (2 x 4 clips) are held out.
 VALIDATION_GROUPS_PER_CLASS = 2
-# --quick: one seed and this fraction of the training steps.
-QUICK_STEP_FRACTION = 0.5
+# --quick: one seed, this many training steps a run and SAN pre-training steps (the recipe:
+# configs/demo.py SCHEDULE, 600; san_pretrain, 200). A smoke run, not evidence: at 300 steps
+# (half the recipe) it took 20.1 min on 2 cores (2026-12-02), of which ~1100 of 2108 core-seconds
+# were fixed per run (compiles, PreciseBN, scoring) and each step of the ten runs together cost
+# ~3.4 core-seconds; 100 steps fit the 15 minutes asked for.
+QUICK_STEPS = 100
+QUICK_SAN_STEPS = 100
 FIGURE_VIDEOS = 3
 ORDERING_METHOD = 'dcw'   # rows are compared on the paper's test-time method (Eq. 11)
 
@@ -127,6 +134,7 @@ def prepare_data(args: argparse.Namespace) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 METRIC_KEYS = ('ave_top1', 'dcw_top1', 'tam_precision', 'tam_base_rate', 'tam_best_precision',
+               'tam_probe_train_top1',
                'dcw_precision', 'dcw_base_rate', 'dcw_best_precision', 'attention_in_box',
                'box_area_fraction', 'attention_static_share', 'entropy_in_window',
                'entropy_outside_window', 'cell_accuracy_on_object', 'cell_accuracy_off_object')
@@ -229,7 +237,8 @@ def format_markdown(summary: Sequence[dict], checks: Sequence[dict], epe: Sequen
            '| row | stream | seeds | DCW top-1 % (mean ± std) [95% CI] | AVE top-1 % [95% CI] | '
            'chance % | TAM prec. (base; best possible) | DCW prec. (base; best possible) | '
            'attention in box (area); static share | '
-           'H in / out window | cell top-1 % on / off object |', '|' + '---|' * 11]
+           'H in / out window | cell top-1 % on / off object | train-video AVE top-1 % |',
+           '|' + '---|' * 12]
   for s in summary:
     ci = lambda k: f"[{100 * s[k][0]:.1f}, {100 * s[k][1]:.1f}]"
     pair = lambda a, b, c=None: ('—' if s[a] is None else
@@ -243,11 +252,14 @@ def format_markdown(summary: Sequence[dict], checks: Sequence[dict], epe: Sequen
                  f"{pair('tam_precision', 'tam_base_rate', 'tam_best_precision')} | "
                  f"{pair('dcw_precision', 'dcw_base_rate', 'dcw_best_precision')} | "
                  f"{pair('attention_in_box', 'box_area_fraction')}{_static(s)} | {entropy} | "
-                 f"{_cells(s)} |")
+                 f"{_cells(s)} | {_fmt(s.get('tam_probe_train_top1'))} |")
   lines += ['', '95% CI: Wilson interval of the accuracy over all seeds\' test videos pooled. '
             'Best possible: the precision of a perfect selector of the same shape '
             '(TS(3x3,3x1) must pick a snippet in every segment, also where the evidence window '
-            'does not reach; sta_cnn_jax/mechanism.py).', '',
+            'does not reach; sta_cnn_jax/mechanism.py). Train-video top-1 (TAM rows): the '
+            'trained network in eval mode on its own training videos (the TAM probe\'s N x M '
+            'snippets): a row behind another on test AND on its training videos underfits; one '
+            'behind on test only overfits.', '',
             '| ordering (paper) | holds | mean diff (pts) | std | per seed |', '|---|---|---|---|---|']
   for c in checks:
     lines.append(f"| {c['claim']} | {'yes' if c['holds'] else 'NO'} | {100 * c['mean']:+.1f} | "
@@ -288,7 +300,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                        'converts a per-video meta file of another generator).')
   ap.add_argument('--seeds', type=int, default=3, help='Training seeds 0 .. N-1.')
   ap.add_argument('--rows', default=','.join(DEFAULT_ROWS), help='Rows of configs/base.py.')
-  ap.add_argument('--quick', action='store_true', help='One seed, half the steps.')
+  ap.add_argument('--quick', action='store_true', help=f'One seed, {QUICK_STEPS} training and '
+                  f'{QUICK_SAN_STEPS} SAN pre-training steps (a smoke run).')
   ap.add_argument('--validation', action='store_true',
                   help='Score on a validation split carved from the training groups.')
   ap.add_argument('--steps', type=int, default=0, help='Override the training steps per run.')
@@ -308,10 +321,10 @@ def train_all(args: argparse.Namespace, rows: Sequence[str], seeds: Sequence[int
               truth: Optional[dict]) -> tuple[list[dict], list[dict], str]:
   """Every (row, stream, seed) run and each seed's SAN pre-training through job_pool.
   Returns (entries, SAN EPE reports, a note on how the runs were spread)."""
-  steps = {m: args.steps or (int(miniature.SCHEDULE[m][1] * QUICK_STEP_FRACTION)
-                             if args.quick else 0) for m in STREAMS}
-  run_configs = {(m, r, seed): miniature.run_config(m, r, data['shards'], seed, steps[m],
-                                                   san_steps=args.san_steps)
+  steps = args.steps or (QUICK_STEPS if args.quick else 0)
+  san_steps = args.san_steps or (QUICK_SAN_STEPS if args.quick else 0)
+  run_configs = {(m, r, seed): miniature.run_config(m, r, data['shards'], seed, steps,
+                                                   san_steps=san_steps)
                  for seed in seeds for r in rows for m in STREAMS}
   san_configs = experiment.san_pretraining_configs(run_configs)
   jobs = experiment.experiment_jobs(

@@ -52,7 +52,9 @@ SAN_COST_FACTOR = 1.6
 # mechanism.cell_evidence's summary, kept in every run's entry.
 CELL_EVIDENCE_KEYS = ('cell_accuracy_on_object', 'cell_accuracy_off_object',
                       'cell_true_prob_on_object', 'cell_true_prob_off_object')
-NULL_MECHANISM = {'tam_precision': None, 'tam_base_rate': None, 'tam_best_precision': None,
+NULL_TAM_PROBE = {'tam_precision': None, 'tam_base_rate': None, 'tam_best_precision': None,
+                  'tam_probe_train_top1': None}
+NULL_MECHANISM = {**NULL_TAM_PROBE,
                   'dcw_precision': None, 'dcw_base_rate': None, 'dcw_best_precision': None,
                   'entropy_in_window': None, 'entropy_outside_window': None,
                   'attention_in_box': None, 'box_area_fraction': None,
@@ -160,10 +162,14 @@ def tam_probe(config: ml_collections.ConfigDict, variables: Any, model: Any, wor
               truth: Optional[dict]) -> dict[str, Optional[float]]:
   """TAM precision on the TRAINING videos: the trained network (eval mode) scores the row's
   N x M snippets at TSN's test positions, Algorithm 1's β selects top_n (per segment), and
-  the selected snippets are checked against the evidence window. Nulls without TAM / truth."""
+  the selected snippets are checked against the evidence window. Nulls without TAM / truth.
+
+  Also `tam_probe_train_top1`: the AVE top-1 of those training videos (eval mode, N x M
+  snippets). Beside the test top-1 it tells a row that fits its training videos less well
+  (underfitting) from one that fits them but does not carry over (overfitting)."""
   t = config.temporal
   if t.consensus != 'tam' or truth is None:
-    return {'tam_precision': None, 'tam_base_rate': None, 'tam_best_precision': None}
+    return dict(NULL_TAM_PROBE)
   probe = config.copy_and_resolve_references()
   probe.eval_split = config.train_split
   probe.eval.num_segments = config_base.num_snippets(config)
@@ -173,8 +179,10 @@ def tam_probe(config: ml_collections.ConfigDict, variables: Any, model: Any, wor
   inside, _ = mechanism.in_window(segments['video_id'], truth, probe.eval.num_segments,
                                   config.modality)
   p = mechanism.selection_precision(selected, inside)
+  train_top1 = np.mean(np.argmax(segments['segment_probs'].mean(1), -1) == segments['label'])
   return {'tam_precision': p['precision'], 'tam_base_rate': p['base_rate'],
-          'tam_best_precision': tam_best_precision(config, segments['video_id'], truth)}
+          'tam_best_precision': tam_best_precision(config, segments['video_id'], truth),
+          'tam_probe_train_top1': float(train_top1)}
 
 
 def test_mechanism(config: ml_collections.ConfigDict, segments: dict,

@@ -94,3 +94,18 @@ def test_table_prints_the_static_share_beside_attention_in_box():
   old = [{k: v for k, v in e.items() if k != 'attention_static_share'} for e in entries]
   assert '| 0.080 ± 0.020 (0.050 ± 0.000) |' in fidelity.format_markdown(
       fidelity.summarize(old), [], [], '#')
+
+
+def test_train_video_top1_of_tam_rows_is_averaged_and_tabled():
+  """The TAM probe's top-1 on the training videos: mean over seeds, its own column, and '—' for
+  rows without the probe (and for results.json files written before it existed)."""
+  entries = [dict(_entry('tam_ts3x3_3x1', 'rgb', s, 0.3, 0.3), tam_probe_train_top1=v)
+             for s, v in ((0, 0.40), (1, 0.30))] + ENTRIES[:2]
+  summary = {(s['row'], s['modality']): s for s in fidelity.summarize(entries)}
+  assert summary[('tam_ts3x3_3x1', 'rgb')]['tam_probe_train_top1']['mean'] == pytest.approx(0.35)
+  assert summary[('baseline', 'rgb')]['tam_probe_train_top1'] is None
+  table = fidelity.format_markdown(list(summary.values()), [], [], '#').splitlines()
+  tam = next(line for line in table if line.startswith('| tam_ts3x3_3x1 |'))
+  base = next(line for line in table if line.startswith('| baseline |'))
+  assert tam.endswith('| 35.0 ± 5.0 |') and base.endswith('| — |')
+  assert len(tam.split('|')) == len(table[2].split('|'))   # as many cells as the header
