@@ -115,6 +115,18 @@ def _region_videos(config, num_videos, seed):
   return {'frames': frames, 'label': labels}
 
 
+def _region_run(row, steps, held_out_seed):
+  """`row` trained `steps` steps on 4 batches of region videos, then PreciseBN on them; the
+  held-out videos and their eval-mode logits (V, S, C) and attention."""
+  config = _config(row)
+  train_batches = [_region_videos(config, VIDEOS, seed) for seed in range(4)]
+  state, _, model = _train(config, train_batches, steps=steps)
+  state = _with_precise_bn(config, state, train_batches)
+  held_out = _region_videos(config, VIDEOS, seed=held_out_seed)
+  logits, attention = _eval_logits(config, state, model, held_out['frames'])
+  return held_out, logits, attention
+
+
 # Runs (job_pool jobs: module-level functions returning NumPy values).
 
 
@@ -134,12 +146,7 @@ def overfit_run(row):
 def spatial_run():
   """SAM-CNN3 (K = 2 at 64 px: four locations) trained on region videos; held-out maps and
   accuracy. The overfit run's configuration, so the same compiled programs (SPATIAL_ROW)."""
-  config = _config(SPATIAL_ROW)
-  train_batches = [_region_videos(config, VIDEOS, seed) for seed in range(4)]
-  state, _, model = _train(config, train_batches, steps=SPATIAL_STEPS)
-  state = _with_precise_bn(config, state, train_batches)
-  held_out = _region_videos(config, VIDEOS, seed=99)
-  logits, attention = _eval_logits(config, state, model, held_out['frames'])
+  held_out, logits, attention = _region_run(SPATIAL_ROW, SPATIAL_STEPS, held_out_seed=99)
   return {'maps': attention.reshape(attention.shape[0], -1),                # (V*S, K^2)
           'accuracy': float(np.mean(np.argmax(logits.mean(1), -1) == held_out['label']))}
 
@@ -148,12 +155,7 @@ def no_collapse_run():
   """The baseline for a short run, then PreciseBN as the loop runs it
   (train.recompute_batch_stats) on training batches; eval-mode logits (V, S, C) of held-out
   videos. The overfit run's configuration, so the same compiled programs (NO_COLLAPSE_ROW)."""
-  config = _config(NO_COLLAPSE_ROW)
-  train_batches = [_region_videos(config, VIDEOS, seed) for seed in range(4)]
-  state, _, model = _train(config, train_batches, steps=COLLAPSE_STEPS)
-  state = _with_precise_bn(config, state, train_batches)
-  held_out = _region_videos(config, VIDEOS, seed=7)
-  logits, _ = _eval_logits(config, state, model, held_out['frames'])
+  _, logits, _ = _region_run(NO_COLLAPSE_ROW, COLLAPSE_STEPS, held_out_seed=7)
   return {'logits': logits}
 
 
