@@ -40,6 +40,11 @@ Mechanism metrics (sta_cnn_jax.mechanism), each beside its chance level:
 Independent runs go side by side, one worker process per CPU core (sta_cnn_jax/job_pool.py);
 `--report` only re-writes the report of a finished --out from its saved scores.
 
+A run that stops (out of memory, killed) resumes where it was with the same command: finished
+trainings are re-scored from their checkpoints, an unfinished one resumes from its last
+checkpoint; DIR/wall_seconds.json keeps each invocation's seconds, and the report gives their
+sum.
+
 Writes DIR/results.json ({"entries": [...], one per (row, modality, seed)}, plus summaries and
 the orderings of the paper, each holding or not with its per-seed differences), DIR/results.md
 and DIR/figures/.
@@ -88,6 +93,8 @@ VALIDATION_GROUPS_PER_CLASS = 2
 QUICK_STEPS = 100
 QUICK_SAN_STEPS = 100
 FIGURE_VIDEOS = 3
+# Seconds of each invocation on one --out (a resumed run has several), by its start time.
+WALL_FILE = 'wall_seconds.json'
 ORDERING_METHOD = 'dcw'   # rows are compared on the paper's test-time method (Eq. 11)
 
 
@@ -318,7 +325,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def train_all(args: argparse.Namespace, rows: Sequence[str], seeds: Sequence[int], data: dict,
-              truth: Optional[dict]) -> tuple[list[dict], list[dict], str]:
+              truth: Optional[dict], started: float) -> tuple[list[dict], list[dict], str]:
   """Every (row, stream, seed) run and each seed's SAN pre-training through job_pool.
   Returns (entries, SAN EPE reports, a note on how the runs were spread)."""
   steps = args.steps or (QUICK_STEPS if args.quick else 0)
@@ -337,6 +344,7 @@ def train_all(args: argparse.Namespace, rows: Sequence[str], seeds: Sequence[int
   print(f'{len(jobs)} runs on {workers} worker(s)', flush=True)
 
   def report(job, result, seconds):
+    record_wall_seconds(args.out, started)
     if job.name.startswith('san'):
       print(json.dumps({'job': job.name, **result[1]}), flush=True)
     else:
@@ -354,6 +362,22 @@ def train_all(args: argparse.Namespace, rows: Sequence[str], seeds: Sequence[int
 
 def run_dir(out: str, key: experiment.RunKey) -> str:
   return os.path.join(out, 'runs', experiment.run_name(key))
+
+
+def record_wall_seconds(out: str, started: float) -> float:
+  """Records this invocation's seconds so far (it began at `started`) in out/WALL_FILE and
+  returns the total over every invocation on `out`: a run that stopped (out of memory, killed)
+  and was resumed with the same command reports the time of all its parts."""
+  path = os.path.join(out, WALL_FILE)
+  parts = {}
+  if os.path.isfile(path):
+    with open(path, encoding='utf-8') as f:
+      parts = json.load(f)
+  parts[f'{started:.3f}'] = round(time.time() - started, 1)
+  with open(path + '.tmp', 'w', encoding='utf-8') as f:
+    json.dump(parts, f, indent=1)
+  os.replace(path + '.tmp', path)
+  return float(sum(parts.values()))
 
 
 def add_best_precisions(entries: Sequence[dict], out: str, shards: str,
@@ -376,6 +400,11 @@ def add_best_precisions(entries: Sequence[dict], out: str, shards: str,
                            modalities.SCORES_FILE)
       e['tam_best_precision'] = experiment.tam_best_precision(
           config, np.load(probe)['video_id'].tolist(), truth)
+
+
+def _invocations(out: str) -> int:
+  with open(os.path.join(out, WALL_FILE), encoding='utf-8') as f:
+    return len(json.load(f))
 
 
 def main(argv: Sequence[str]) -> dict:
@@ -403,8 +432,12 @@ def main(argv: Sequence[str]) -> dict:
     for row in rows:
       config_base.parse_arg(row)                     # clear error for an unknown row
     seeds = list(range(1 if args.quick else args.seeds))
-    entries, epe, spread = train_all(args, rows, seeds, data, truth)
-    wall = time.time() - start
+    entries, epe, spread = train_all(args, rows, seeds, data, truth, start)
+    wall = record_wall_seconds(args.out, start)
+    this_invocation = time.time() - start
+    if wall - this_invocation > 1.0:
+      spread += (f'; wall time over {_invocations(args.out)} invocations on this folder '
+                 f'(this one {this_invocation / 60:.1f} min)')
     split = 'validation (carved from training groups)' if args.validation else 'test'
   summary = summarize(entries)
   checks = orderings(entries, rows)

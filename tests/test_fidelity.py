@@ -109,3 +109,16 @@ def test_train_video_top1_of_tam_rows_is_averaged_and_tabled():
   base = next(line for line in table if line.startswith('| baseline |'))
   assert tam.endswith('| 35.0 ± 5.0 |') and base.endswith('| — |')
   assert len(tam.split('|')) == len(table[2].split('|'))   # as many cells as the header
+
+
+def test_wall_time_adds_up_over_the_invocations_of_a_resumed_run(tmp_path):
+  """A run that died and was resumed on the same --out reports both parts' seconds; one
+  invocation recording twice (after each job) counts once, with its latest seconds."""
+  import time  # pylint: disable=g-import-not-at-top
+  first = time.time() - 100.0
+  assert fidelity.record_wall_seconds(str(tmp_path), first) == pytest.approx(100.0, abs=1.0)
+  second = time.time() - 30.0
+  fidelity.record_wall_seconds(str(tmp_path), second)
+  total = fidelity.record_wall_seconds(str(tmp_path), second)
+  assert total == pytest.approx(130.0, abs=1.0)
+  assert fidelity._invocations(str(tmp_path)) == 2  # pylint: disable=protected-access
