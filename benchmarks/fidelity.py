@@ -364,10 +364,10 @@ def run_dir(out: str, key: experiment.RunKey) -> str:
   return os.path.join(out, 'runs', experiment.run_name(key))
 
 
-def record_wall_seconds(out: str, started: float) -> float:
+def record_wall_seconds(out: str, started: float) -> dict[str, float]:
   """Records this invocation's seconds so far (it began at `started`) in out/WALL_FILE and
-  returns the total over every invocation on `out`: a run that stopped (out of memory, killed)
-  and was resumed with the same command reports the time of all its parts."""
+  returns every invocation's seconds on `out` ({start time: seconds}): a run that stopped (out
+  of memory, killed) and was resumed with the same command reports the time of all its parts."""
   path = os.path.join(out, WALL_FILE)
   parts = {}
   if os.path.isfile(path):
@@ -377,7 +377,7 @@ def record_wall_seconds(out: str, started: float) -> float:
   with open(path + '.tmp', 'w', encoding='utf-8') as f:
     json.dump(parts, f, indent=1)
   os.replace(path + '.tmp', path)
-  return float(sum(parts.values()))
+  return parts
 
 
 def add_best_precisions(entries: Sequence[dict], out: str, shards: str,
@@ -400,11 +400,6 @@ def add_best_precisions(entries: Sequence[dict], out: str, shards: str,
                            modalities.SCORES_FILE)
       e['tam_best_precision'] = experiment.tam_best_precision(
           config, np.load(probe)['video_id'].tolist(), truth)
-
-
-def _invocations(out: str) -> int:
-  with open(os.path.join(out, WALL_FILE), encoding='utf-8') as f:
-    return len(json.load(f))
 
 
 def main(argv: Sequence[str]) -> dict:
@@ -433,11 +428,11 @@ def main(argv: Sequence[str]) -> dict:
       config_base.parse_arg(row)                     # clear error for an unknown row
     seeds = list(range(1 if args.quick else args.seeds))
     entries, epe, spread = train_all(args, rows, seeds, data, truth, start)
-    wall = record_wall_seconds(args.out, start)
-    this_invocation = time.time() - start
-    if wall - this_invocation > 1.0:
-      spread += (f'; wall time over {_invocations(args.out)} invocations on this folder '
-                 f'(this one {this_invocation / 60:.1f} min)')
+    invocations = record_wall_seconds(args.out, start)
+    wall = sum(invocations.values())
+    if len(invocations) > 1:
+      spread += (f'; wall time over {len(invocations)} invocations on this folder '
+                 f'(this one {(time.time() - start) / 60:.1f} min)')
     split = 'validation (carved from training groups)' if args.validation else 'test'
   summary = summarize(entries)
   checks = orderings(entries, rows)

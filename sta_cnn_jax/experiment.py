@@ -179,10 +179,10 @@ def tam_probe(config: ml_collections.ConfigDict, variables: Any, model: Any, wor
   inside, _ = mechanism.in_window(segments['video_id'], truth, probe.eval.num_segments,
                                   config.modality)
   p = mechanism.selection_precision(selected, inside)
-  train_top1 = np.mean(np.argmax(segments['segment_probs'].mean(1), -1) == segments['label'])
+  train_top1 = metrics.top1_accuracy(segments['segment_probs'].mean(1), segments['label'])
   return {'tam_precision': p['precision'], 'tam_base_rate': p['base_rate'],
           'tam_best_precision': tam_best_precision(config, segments['video_id'], truth),
-          'tam_probe_train_top1': float(train_top1)}
+          'tam_probe_train_top1': train_top1}
 
 
 def test_mechanism(config: ml_collections.ConfigDict, segments: dict,
