@@ -47,7 +47,10 @@ sum.
 
 Writes DIR/results.json ({"entries": [...], one per (row, modality, seed)}, plus summaries and
 the orderings of the paper, each holding or not with its per-seed differences), DIR/results.md
-and DIR/figures/.
+and DIR/figures/. Each entry keeps its per-video outcomes (`ave_correct`, `dcw_correct`: '1' /
+'0' per test video in sorted video-id order; `test_videos`: a digest of those ids), so each
+ordering also gets a paired test on the same videos: the videos only one of the two gets
+right, pooled over seeds, and the exact McNemar p-value of those counts.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ from data_prep import prepare as prepare_lib
 from data_prep import synthetic
 from data_prep import validation_split
 from sta_cnn_jax import experiment
+from sta_cnn_jax import fuse
 from sta_cnn_jax import input_pipeline
 from sta_cnn_jax import job_pool
 from sta_cnn_jax import mechanism
@@ -173,17 +177,33 @@ def summarize(entries: Sequence[dict]) -> list[dict]:
   return out
 
 
+def _paired(ea: dict, eb: dict, a_metric: str, b_metric: str) -> Optional[tuple[int, int]]:
+  """(videos only a gets right, videos only b gets right) of one seed's two entries, from
+  their per-video outcomes; None where either lacks them or they cover other videos."""
+  key = lambda metric: metric.replace('_top1', '_correct')
+  ca, cb = ea.get(key(a_metric)), eb.get(key(b_metric))
+  if ca is None or cb is None or ea.get('test_videos') != eb.get('test_videos'):
+    return None
+  return metrics.discordant_pairs(ca, cb)
+
+
 def _difference(entries, a: tuple[str, str, str], b: tuple[str, str, str]) -> Optional[dict]:
-  """Per-seed differences of metric a - metric b, each given as (row, modality, metric)."""
-  diffs = []
+  """Per-seed differences of metric a - metric b, each given as (row, modality, metric), and
+  the paired test of the two on the same test videos, all seeds pooled: `videos_won` (only a
+  right), `videos_lost` (only b right), `mcnemar_p` (None without per-video outcomes)."""
+  diffs, pairs = [], []
   for ea in _select(entries, a[0], a[1]):
     eb = [e for e in _select(entries, b[0], b[1]) if e['seed'] == ea['seed']]
     if eb:
       diffs.append(ea[a[2]] - eb[0][b[2]])
+      pairs.append(_paired(ea, eb[0], a[2], b[2]))
   if not diffs:
     return None
+  paired = {'videos_won': None, 'videos_lost': None, 'mcnemar_p': None}
+  if all(p is not None for p in pairs):
+    paired = metrics.paired_test(*(sum(p[i] for p in pairs) for i in (0, 1)))
   return {'mean': float(np.mean(diffs)), 'std': float(np.std(diffs)),
-          'per_seed': [round(d, 4) for d in diffs]}
+          'per_seed': [round(d, 4) for d in diffs], **paired}
 
 
 def orderings(entries: Sequence[dict], rows: Sequence[str]) -> list[dict]:
@@ -267,10 +287,20 @@ def format_markdown(summary: Sequence[dict], checks: Sequence[dict], epe: Sequen
             'trained network in eval mode on its own training videos (the TAM probe\'s N x M '
             'snippets): a row behind another on test AND on its training videos underfits; one '
             'behind on test only overfits.', '',
-            '| ordering (paper) | holds | mean diff (pts) | std | per seed |', '|---|---|---|---|---|']
+            '| ordering (paper) | holds | mean diff (pts) | std | per seed | videos won / lost '
+            '| McNemar p |', '|---|---|---|---|---|---|---|']
   for c in checks:
+    won_lost, p = '—', '—'
+    if c.get('mcnemar_p') is not None:
+      won_lost, p = f"{c['videos_won']} / {c['videos_lost']}", f"{c['mcnemar_p']:.3f}"
     lines.append(f"| {c['claim']} | {'yes' if c['holds'] else 'NO'} | {100 * c['mean']:+.1f} | "
-                 f"{100 * c['std']:.1f} | {', '.join(f'{100 * d:+.1f}' for d in c['per_seed'])} |")
+                 f"{100 * c['std']:.1f} | {', '.join(f'{100 * d:+.1f}' for d in c['per_seed'])} | "
+                 f"{won_lost} | {p} |")
+  lines += ['', 'Videos won / lost: test videos (all seeds pooled) that only the first of the '
+            'two gets right / only the second; McNemar p: the two-sided exact binomial test of '
+            'those counts (H0: the two are equally good). p >= 0.05: these videos do not tell '
+            'the two apart, whichever way the ordering came out. The seeds share their test '
+            'videos, so the pooled pairs are not fully independent.']
   if epe:
     lines += ['', '| SAN pre-training seed | steps | EPE before (px) | EPE after (px) | '
               'zero-flow EPE (px) |', '|---|---|---|---|---|']
@@ -402,6 +432,26 @@ def add_best_precisions(entries: Sequence[dict], out: str, shards: str,
           config, np.load(probe)['video_id'].tolist(), truth)
 
 
+def add_paired_outcomes(entries: Sequence[dict], out: str) -> None:
+  """--report on a results.json written before entries kept their per-video outcomes: fills
+  them in (`metrics.paired_outcomes`) from each run's saved scores, fusions from their two
+  streams' (the same fusion as `experiment.fusion_entry`)."""
+  def scores(modality, row, seed):
+    return fuse.load_scores(run_dir(out, (modality, row, seed)))
+  for e in entries:
+    if e.get('ave_correct') is not None:
+      continue
+    if e['modality'] == FUSION:
+      fused = experiment.fusion_entry(e['row'], e['seed'],
+                                      [scores(m, e['row'], e['seed']) for m in STREAMS],
+                                      int(round(1 / e['chance'])), e.get('fusion_weights'))
+      e.update({k: fused[k] for k in fused if k == 'test_videos' or k.endswith('_correct')})
+    else:
+      z = scores(e['modality'], e['row'], e['seed'])
+      e.update(metrics.paired_outcomes({m: z[m] for m in fuse.METHODS}, z['label'],
+                                       z['video_id']))
+
+
 def main(argv: Sequence[str]) -> dict:
   args = parse_args(argv)
   logging.set_verbosity(logging.WARNING)
@@ -417,6 +467,7 @@ def main(argv: Sequence[str]) -> dict:
       previous = json.load(f)
     entries, epe = previous['entries'], previous['san_pretraining']
     add_best_precisions(entries, args.out, data['shards'], truth)
+    add_paired_outcomes(entries, args.out)
     rows = list(dict.fromkeys(e['row'] for e in entries))
     seeds = sorted({e['seed'] for e in entries})
     command, wall = previous['command'], previous['wall_seconds']

@@ -116,6 +116,35 @@ def format_table(entries: Sequence[dict]) -> str:
   return "\n".join(lines)
 
 
+def paired_comparisons(entries: Sequence[dict]) -> list[dict]:
+  """Per row: its fusion against each stream (DCW), and DCW against AVE in each entry, on the
+  same test videos: the top-1 difference, the videos only the first gets right (won) / only
+  the second (lost), and the exact McNemar p-value of those counts."""
+  out = []
+  def add(name, a, b, method_a, method_b):
+    counts = metrics.discordant_pairs(a[f"{method_a}_correct"], b[f"{method_b}_correct"])
+    out.append({"comparison": name, "diff": a[f"{method_a}_top1"] - b[f"{method_b}_top1"],
+                **metrics.paired_test(*counts)})
+  for e in entries:
+    if e["modality"] == experiment.FUSION:
+      for s in entries:
+        if s["row"] == e["row"] and s["modality"] != experiment.FUSION:
+          add(f"{e.get('row_name') or e['row']}: fusion > {s['modality']} (DCW)", e, s,
+              "dcw", "dcw")
+  for e in entries:
+    add(f"{e.get('row_name') or e['row']} {e['modality']}: DCW >= AVE", e, e, "dcw", "ave")
+  return out
+
+
+def format_paired(comparisons: Sequence[dict], num_videos: int) -> str:
+  lines = [f"| paired on the same {num_videos} test videos | top-1 diff | videos won / lost | "
+           "McNemar p |", "|---|---|---|---|"]
+  for c in comparisons:
+    lines.append(f"| {c['comparison']} | {100 * c['diff']:+.1f} pts | {c['videos_won']} / "
+                 f"{c['videos_lost']} | {c['mcnemar_p']:.3f} |")
+  return "\n".join(lines)
+
+
 def run(workdir: str, rows: Sequence[str], seed: int = 0, steps: int = 0,
         workers: int = 0) -> dict:
   """The demo as a function (the CLI and the end-to-end test call it). workers: runs side by
@@ -143,10 +172,12 @@ def run(workdir: str, rows: Sequence[str], seed: int = 0, steps: int = 0,
         lambda job, result, seconds: bar.update(1), release_after_jobs=True)
   entries = experiment.collect_entries(results, rows, STREAMS, [seed], len(classes))
   san_report = results[experiment.san_name(seed)][1] if san_configs else None
-  table = format_table(entries)
+  comparisons = paired_comparisons(entries)
+  table = (format_table(entries) + "\n\n" +
+           format_paired(comparisons, entries[0]["num_test_videos"]))
   with open(os.path.join(workdir, "results.md"), "w") as f:
     f.write(table + "\n")
-  result = {"entries": entries, "san_pretraining": san_report,
+  result = {"entries": entries, "paired": comparisons, "san_pretraining": san_report,
             "wall_seconds": round(time.time() - start, 1),
             "devices": [str(d) for d in jax.devices()]}
   with open(os.path.join(workdir, "results.json"), "w") as f:
@@ -167,6 +198,8 @@ def main(argv):
         f"{entries[0]['num_test_videos']} videos, 25 segments, DCW = Eq. 11 top-15, "
         "fusion = RGB 1 : flow 1.5\n")
   print(format_table(entries))
+  print()
+  print(format_paired(result["paired"], entries[0]["num_test_videos"]))
   san = result["san_pretraining"]
   if san:
     print(f"\nSAN pre-training (Eq. 4, {san['steps']} steps): flow EPE {san['epe_before']:.2f} px "
@@ -176,7 +209,9 @@ def main(argv):
         "the best a perfect selection of the same shape reaches; "
         "attention in box = attention mass on the object, next to its share of the crop; "
         "static share = how much of the maps' departure from uniform is one fixed map "
-        "(1: the same map for every frame, a location prior that cannot follow the object).")
+        "(1: the same map for every frame, a location prior that cannot follow the object). "
+        "Paired: videos won / lost = test videos only the first / only the second gets right; "
+        "McNemar p >= 0.05 means these videos do not tell the two apart.")
   print(f"\nworkdir: {os.path.abspath(_WORKDIR.value)}  (figures in {FIGURES_DIR}/, "
         f"TensorBoard logs per run)  wall time {time.time() - start:.0f} s")
 

@@ -245,6 +245,7 @@ def train_and_score(config: ml_collections.ConfigDict, workdir: str, classes: Se
            'ave_mean_class_accuracy': m['ave']['mean_class_accuracy'],
            'dcw_mean_class_accuracy': m['dcw']['mean_class_accuracy'],
            'predicted_classes': int(len(np.unique(np.argmax(scores['ave'], -1)))),
+           **metrics.paired_outcomes(scores, segments['label'], segments['video_id']),
            'train_steps': config.num_train_steps, 'train_seconds': round(train_seconds, 1)}
   entry.update(tam_probe(config, variables, model, workdir, truth))
   entry.update(test_mechanism(config, segments, truth))
@@ -263,12 +264,14 @@ def fusion_entry(row: str, seed: int, streams: Sequence[dict], num_classes: int,
   """Weighted fusion (TSN weights RGB 1 : flow 1.5 by default) of one row's scored streams."""
   labels, aligned = fuse.align(streams)
   weights = list(weights or fuse.DEFAULT_WEIGHTS[:len(aligned)])
-  summary = metrics.summarize(fuse.fuse_streams(aligned, weights), labels, num_classes)
+  fused = fuse.fuse_streams(aligned, weights)
+  summary = metrics.summarize(fused, labels, num_classes)
   return {'row': row, 'modality': FUSION, 'seed': seed, 'num_test_videos': int(len(labels)),
           'chance': 1.0 / num_classes, 'ave_top1': summary['ave']['top1'],
           'dcw_top1': summary['dcw']['top1'],
           'ave_mean_class_accuracy': summary['ave']['mean_class_accuracy'],
           'dcw_mean_class_accuracy': summary['dcw']['mean_class_accuracy'],
+          **metrics.paired_outcomes(fused, labels, aligned[0]['video_id']),
           'fusion_weights': weights, **NULL_MECHANISM, 'attention_static_share': None}
 
 

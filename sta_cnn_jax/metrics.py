@@ -4,7 +4,9 @@ TSN and the STA-CNN paper report mean class accuracy; we report it beside top-1 
 video-level predictions: AVE (mean of segment scores) and DCW (Eq. 11).
 """
 
-from typing import Mapping
+import hashlib
+import math
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -79,3 +81,66 @@ def format_accuracy(accuracy: float, total: int) -> str:
   """'41.7% [25.5, 59.2]': an accuracy with its 95% Wilson interval, in percent."""
   low, high = wilson_interval(int(round(accuracy * total)), total)
   return f"{accuracy:.1%} [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+# ---------------------------------------------------------------------------------------------
+# Paired comparisons: two predictors on the same test videos.
+# ---------------------------------------------------------------------------------------------
+
+
+def video_set_digest(video_ids: Sequence) -> str:
+  """A short fingerprint of a set of test videos (sha1 of the sorted ids): two per-video
+  records can be paired only when their digests agree."""
+  joined = "\n".join(sorted(str(v) for v in video_ids))
+  return hashlib.sha1(joined.encode("utf-8")).hexdigest()[:12]
+
+
+def correct_string(scores: np.ndarray, labels: np.ndarray, video_ids: Sequence) -> str:
+  """Per-video top-1 outcome of scores `(V, C)` as '1' (correct) / '0', in sorted video-id
+  order, so that two predictors on the same videos pair position by position."""
+  hits = np.argmax(scores, axis=-1) == np.asarray(labels)
+  order = sorted(range(len(hits)), key=lambda i: str(video_ids[i]))
+  return "".join("1" if hits[i] else "0" for i in order)
+
+
+def paired_outcomes(scores: Mapping[str, np.ndarray], labels: np.ndarray,
+                    video_ids: Sequence) -> dict[str, str]:
+  """{'test_videos': digest, '<method>_correct': correct_string} for each video-level score
+  array `(V, C)` of `scores` (as `summarize` takes them)."""
+  out = {"test_videos": video_set_digest(video_ids)}
+  for name, s in scores.items():
+    out[f"{name}_correct"] = correct_string(s, labels, video_ids)
+  return out
+
+
+def discordant_pairs(a: str, b: str) -> tuple[int, int]:
+  """(wins, losses) of predictor a against b from two `correct_string`s of the same videos:
+  videos only a gets right, and videos only b gets right."""
+  if len(a) != len(b):
+    raise ValueError(f"paired outcomes of different lengths: {len(a)} and {len(b)} videos")
+  wins = sum(x == "1" and y == "0" for x, y in zip(a, b))
+  losses = sum(x == "0" and y == "1" for x, y in zip(a, b))
+  return wins, losses
+
+
+def mcnemar_exact(wins: int, losses: int) -> float:
+  """Two-sided exact McNemar p-value: the binomial test of `wins` against `losses` among the
+  discordant pairs under H0 (either predictor equally likely to win a discordant video),
+  p = min(1, 2 P[X <= min(wins, losses)]) with X ~ Binomial(wins + losses, 1/2).
+
+  Only the videos the two predictors disagree on carry evidence: 3 won and 1 lost is p = 0.625
+  however many videos both got right or wrong.
+  """
+  if wins < 0 or losses < 0:
+    raise ValueError(f"mcnemar_exact needs counts >= 0, got {wins}, {losses}")
+  n = wins + losses
+  if n == 0:
+    return 1.0
+  tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2.0 ** n
+  return float(min(1.0, 2.0 * tail))
+
+
+def paired_test(wins: int, losses: int) -> dict:
+  """{'videos_won', 'videos_lost', 'mcnemar_p'} of discordant counts (as reports print them)."""
+  return {"videos_won": int(wins), "videos_lost": int(losses),
+          "mcnemar_p": mcnemar_exact(wins, losses)}

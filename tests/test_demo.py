@@ -48,6 +48,14 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch):
       assert image.shape[0] > 100 and image.shape[1] > 100 and np.std(image) > 0.01
     assert any(p.endswith("_attention.png") for p in entry["figures"])
   assert fused["chance"] == pytest.approx(1 / len(manifest["classes"]))
+  # Per-video outcomes (for paired tests between rows) agree with the accuracies, and every
+  # entry covers the same test videos.
+  for entry in entries:
+    assert entry["test_videos"] == rgb["test_videos"]
+    for method in ("dcw", "ave"):
+      outcome = entry[f"{method}_correct"]
+      assert len(outcome) == num_test and set(outcome) <= {"0", "1"}
+      assert outcome.count("1") / num_test == pytest.approx(entry[f"{method}_top1"])
   assert result["san_pretraining"]["epe_after"] >= 0
   table = open(os.path.join(workdir, "results.md")).read()
   # Every accuracy is printed with its 95% interval.
@@ -68,3 +76,21 @@ def test_table_prints_static_share_only_for_spatial_rows():
   assert 'static share' in rows[0]
   assert rows[2].endswith('; static 0.93 |')
   assert 'static' not in rows[3]
+
+
+def test_paired_comparisons_count_the_videos_only_one_side_gets_right():
+  def entry(modality, dcw, ave):
+    return {'row': 'sta_ts3x3_3x1', 'row_name': 'STA', 'modality': modality,
+            'dcw_correct': dcw, 'ave_correct': ave, 'dcw_top1': dcw.count('1') / len(dcw),
+            'ave_top1': ave.count('1') / len(ave)}
+  entries = [entry('rgb', '110000', '100000'), entry('flow', '001100', '001110'),
+             entry('fusion', '111110', '111100')]
+  got = {c['comparison']: c for c in demo.paired_comparisons(entries)}
+  rgb = got['STA: fusion > rgb (DCW)']
+  assert (rgb['videos_won'], rgb['videos_lost']) == (3, 0)
+  assert rgb['diff'] == pytest.approx(3 / 6)
+  assert rgb['mcnemar_p'] == pytest.approx(metrics.mcnemar_exact(3, 0)) == 0.25
+  flow = got['STA flow: DCW >= AVE']
+  assert (flow['videos_won'], flow['videos_lost'], flow['mcnemar_p']) == (0, 1, 1.0)
+  table = demo.format_paired(list(got.values()), 6)
+  assert '| STA: fusion > rgb (DCW) | +50.0 pts | 3 / 0 | 0.250 |' in table

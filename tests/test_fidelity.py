@@ -1,6 +1,8 @@
 """benchmarks/fidelity.py's summaries: means over seeds, pooled Wilson intervals, the paper's
 orderings with per-seed differences, and the Markdown table (on hand-made entries)."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -45,7 +47,6 @@ def test_orderings_report_per_seed_differences_and_failures():
 def test_report_fills_best_possible_precisions_from_saved_scores(tmp_path):
   """--report on an older results.json: each run's best-possible TAM / DCW precision from its
   saved video ids and the ground truth, equal to a direct count."""
-  import os  # pylint: disable=g-import-not-at-top
   from sta_cnn_jax import experiment, mechanism, modalities  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   truth = {f'v{i}': {'num_frames': 48, 'window': (int(s), int(s) + 24), 'boxes': [None] * 48}
@@ -123,3 +124,54 @@ def test_wall_time_adds_up_over_the_invocations_of_a_resumed_run(tmp_path):
   parts = fidelity.record_wall_seconds(str(tmp_path), second)
   assert sum(parts.values()) == pytest.approx(130.0, abs=1.0)
   assert len(parts) == 2
+
+
+def _with_outcomes(entry, dcw, ave, videos='abc123'):
+  return dict(entry, test_videos=videos, dcw_correct=dcw, ave_correct=ave)
+
+
+def test_orderings_pool_the_paired_videos_of_every_seed_into_a_mcnemar_test():
+  entries = [
+      _with_outcomes(_entry('baseline', 'rgb', 0, 0.25, 0.25), '1100', '1010'),
+      _with_outcomes(_entry('sta_ts3x3_3x1', 'rgb', 0, 0.75, 0.5), '1011', '1110'),
+      _with_outcomes(_entry('baseline', 'rgb', 1, 0.0, 0.25), '0000', '0001'),
+      _with_outcomes(_entry('sta_ts3x3_3x1', 'rgb', 1, 0.5, 0.25), '0110', '0001'),
+  ]
+  checks = {c['claim']: c for c in fidelity.orderings(entries, ['baseline', 'sta_ts3x3_3x1'])}
+  sta = checks['rgb: STA-TS(3x3,3x1) > baseline']      # DCW: seed 0 won 2 lost 1, seed 1 2 / 0
+  assert (sta['videos_won'], sta['videos_lost']) == (4, 1)
+  assert sta['mcnemar_p'] == pytest.approx(metrics.mcnemar_exact(4, 1))
+  dcw = checks['rgb baseline: DCW >= AVE']              # seed 0: 1 / 1, seed 1: 0 / 1
+  assert (dcw['videos_won'], dcw['videos_lost'], dcw['mcnemar_p']) == (1, 2, 1.0)
+  table = fidelity.format_markdown(fidelity.summarize(entries), list(checks.values()), [], '#')
+  assert f"| 4 / 1 | {metrics.mcnemar_exact(4, 1):.3f} |" in table
+  # Other test videos in one seed, or entries without per-video outcomes: no paired test.
+  entries[3] = dict(entries[3], test_videos='other')
+  checks = {c['claim']: c for c in fidelity.orderings(entries, ['baseline', 'sta_ts3x3_3x1'])}
+  assert checks['rgb: STA-TS(3x3,3x1) > baseline']['mcnemar_p'] is None
+  checks = fidelity.orderings(ENTRIES, ['baseline', 'sta_ts3x3_3x1'])
+  assert all(c['videos_won'] is None for c in checks)
+  assert '| — | — |' in fidelity.format_markdown(fidelity.summarize(ENTRIES), checks, [], '#')
+
+
+def test_report_fills_per_video_outcomes_of_streams_and_fusion_from_saved_scores(tmp_path):
+  from sta_cnn_jax import experiment, fuse  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(1)
+  ids, labels = np.array(['v2', 'v0', 'v1', 'v3']), np.array([0, 1, 2, 0])
+  saved = {}
+  for modality in fidelity.STREAMS:
+    run = fidelity.run_dir(str(tmp_path), (modality, 'baseline', 0))
+    os.makedirs(run)
+    z = {m: rng.dirichlet(np.ones(3), size=4) for m in fuse.METHODS}
+    np.savez(os.path.join(run, 'eval_scores.npz'), video_id=ids, label=labels, **z)
+    saved[modality] = dict(z, video_id=ids, label=labels)
+  entries = [_entry('baseline', m, 0, 0.5, 0.5) for m in fidelity.STREAMS + (fidelity.FUSION,)]
+  fidelity.add_paired_outcomes(entries, str(tmp_path))
+  for e in entries[:2]:
+    z = saved[e['modality']]
+    assert e['dcw_correct'] == metrics.correct_string(z['dcw'], labels, ids)
+    assert e['test_videos'] == metrics.video_set_digest(['v0', 'v1', 'v2', 'v3'])
+  fused = experiment.fusion_entry('baseline', 0, [saved[m] for m in fidelity.STREAMS], 10)
+  assert entries[2]['ave_correct'] == fused['ave_correct']
+  assert entries[2]['dcw_correct'] == fused['dcw_correct']
+  assert entries[2]['test_videos'] == entries[0]['test_videos']

@@ -1,6 +1,7 @@
 """Video-level metrics vs hand-counted references."""
 
 import numpy as np
+import pytest
 
 from sta_cnn_jax import metrics
 
@@ -46,3 +47,43 @@ def test_summarize_reports_each_method():
                           labels, 2)
   assert out["ave"] == {"top1": 0.5, "mean_class_accuracy": 0.5}
   assert out["dcw"] == {"top1": 1.0, "mean_class_accuracy": 1.0}
+
+
+def _two_sided_sign_test_by_enumeration(wins, losses):
+  """Independent reference: enumerate every outcome of n fair coin flips (as bit patterns) and
+  add the probability of those at most as likely as the observed split (the two-sided exact
+  binomial test; for p = 1/2 it equals twice the smaller tail, capped at 1)."""
+  n = wins + losses
+  counts = np.array([bin(k).count('1') for k in range(2 ** n)])
+  prob = np.bincount(counts, minlength=n + 1) / 2.0 ** n
+  return min(1.0, float(prob[prob <= prob[wins] * (1 + 1e-12)].sum()))
+
+
+def test_mcnemar_exact_against_enumeration_and_closed_forms():
+  for wins, losses in [(0, 0), (1, 0), (3, 1), (0, 5), (7, 7), (2, 9), (12, 3), (0, 14)]:
+    assert metrics.mcnemar_exact(wins, losses) == pytest.approx(
+        _two_sided_sign_test_by_enumeration(wins, losses), rel=1e-12, abs=1e-15)
+  assert metrics.mcnemar_exact(3, 1) == 10 / 16           # 2 (1 + 4) / 2^4
+  assert metrics.mcnemar_exact(0, 5) == 2 / 32
+  assert metrics.mcnemar_exact(4, 4) == 1.0
+  assert metrics.mcnemar_exact(2, 9) == metrics.mcnemar_exact(9, 2)
+  with pytest.raises(ValueError, match='>= 0'):
+    metrics.mcnemar_exact(-1, 2)
+
+
+def test_paired_outcomes_pair_videos_by_id_whatever_their_order():
+  labels = np.array([0, 1, 2, 1])
+  ids = ['v3', 'v1', 'v2', 'v0']
+  a = np.eye(3)[[0, 1, 0, 0]]              # right on v3, v1; wrong on v2, v0
+  b = np.eye(3)[[1, 1, 2, 1]]              # right on v1, v2, v0; wrong on v3
+  order = [3, 1, 2, 0]                     # the same videos listed in another order
+  pa = metrics.paired_outcomes({'ave': a}, labels, ids)
+  pb = metrics.paired_outcomes({'ave': b[order]}, labels[order], [ids[i] for i in order])
+  assert pa['test_videos'] == pb['test_videos']
+  assert pa['ave_correct'] == '0101'       # v0 v1 v2 v3
+  assert pb['ave_correct'] == '1110'
+  assert metrics.discordant_pairs(pa['ave_correct'], pb['ave_correct']) == (1, 2)
+  other = metrics.paired_outcomes({'ave': a}, labels, ['v3', 'v1', 'v2', 'v9'])
+  assert other['test_videos'] != pa['test_videos']
+  with pytest.raises(ValueError, match='different lengths'):
+    metrics.discordant_pairs('01', '011')
