@@ -56,6 +56,7 @@ right, pooled over seeds, and the exact McNemar p-value of those counts.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -435,7 +436,8 @@ def add_best_precisions(entries: Sequence[dict], out: str, shards: str,
 def add_paired_outcomes(entries: Sequence[dict], out: str) -> None:
   """--report on a results.json written before entries kept their per-video outcomes: fills
   them in (`metrics.paired_outcomes`) from each run's saved scores, fusions from their two
-  streams' (the same fusion as `experiment.fusion_entry`)."""
+  streams' (the same fusion as `experiment.fusion_entry`). Each run's scores are read once."""
+  @functools.cache
   def scores(modality, row, seed):
     return fuse.load_scores(run_dir(out, (modality, row, seed)))
   for e in entries:
