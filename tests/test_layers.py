@@ -53,13 +53,15 @@ def test_pointwise_conv_is_a_matmul_in_both_directions():
   _close(vjp(dy)[1], dyn.sum((0, 1, 2)))
 
 
-@pytest.mark.parametrize('size,stride,pad', [(16, 2, 0), (7, 1, 1), (14, 2, 0), (13, 2, 0)])
+@pytest.mark.parametrize('size,stride,pad', [(16, 2, 0), (7, 1, 1), (14, 2, 0), (13, 2, 0),
+                                             ((13, 16), 2, 0), ((9, 6), 1, 1), ((11, 8), 3, 1)])
 def test_max_pool_equals_reduce_window_with_ties(size, stride, pad):
   rng = np.random.default_rng(2)
   # ReLU-like input rounded to one decimal: many windows hold tied maxima (zeros and equal
   # values); the gradient must go to the first maximum in row-major order, as lax's.
-  x = jnp.asarray(np.maximum(rng.standard_normal((2, size, size, 3)), 0).round(1), jnp.float32)
-  padding = (_pool_padding(size, stride, pad), _pool_padding(size, stride, pad))
+  h, w = size if isinstance(size, tuple) else (size, size)
+  x = jnp.asarray(np.maximum(rng.standard_normal((2, h, w, 3)), 0).round(1), jnp.float32)
+  padding = (_pool_padding(h, stride, pad), _pool_padding(w, stride, pad))
   ref = lambda x: nn.max_pool(x, (3, 3), (stride, stride), padding)
   ours = lambda x: layers.max_pool(x, stride, padding)
   y_ref, vjp_ref = jax.vjp(ref, x)
