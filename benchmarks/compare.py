@@ -19,6 +19,7 @@ Settings (SETTINGS; names for --settings):
 
   python -m benchmarks.compare --settings tsn3,tam_masked+tam_recompute --rounds 5 \
       [--jax_variants default,ynnpack] [--peer_python /work/venv-peer/bin/python] [--dtype float32]
+      [--baseline_tree /tmp/base]   # A/B of a change: `git worktree add /tmp/base HEAD~1`
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def jax_variant_env(variant: str) -> dict:
 
 
 PEER_ENV = {'OMP_WAIT_POLICY': 'PASSIVE'}  # see benchmarks/conv_layers.py
+BASELINE = 'jax_baseline'  # the worker running --baseline_tree's code
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,50 +116,66 @@ def step_flops(s: Setting, config) -> tuple[int, int]:
   return fwd, flops.train_step_flops(fwd, s.batch, snippets, selected, s.tam_backward)
 
 
-def _jax_worker():
+def build_step(setting: str, size: int, dtype: str):
+  """The real pmapped train step of `setting` on a synthetic uint8 batch already on the device.
+
+  Returns (run_one, info): run_one() runs one step (state carried over, blocks until done);
+  info has init_s, first_s (compile + one step), the config, forward and step FLOPs.
+  """
   import functools  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from sta_cnn_jax import parallel, train  # pylint: disable=g-import-not-at-top
 
+  s = SETTINGS[setting]
+  config = make_config(s, size, dtype)
+  model = train.create_model(config, NUM_CLASSES)
+  rng = jax.random.PRNGKey(0)
+  t0 = time.perf_counter()
+  train_state = train.create_train_state(rng, config, model, train.input_shape(config))
+  init_s = time.perf_counter() - t0
+  step = parallel.make_parallel_step(functools.partial(train.train_step, config=config),
+                                     'pmap', out_replicated=True)
+  snippets = config.temporal.num_segments * config.temporal.snippets_per_segment
+  shape = (1, s.batch, snippets) + train.input_shape(config)
+  frames = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+  batch = parallel.shard_batch_for_mode(
+      {'frames': frames, 'label': np.arange(s.batch, dtype=np.int32)[None] % NUM_CLASSES},
+      'pmap')
+  state = {'p_state': parallel.replicate(train_state, 'pmap')}
+  p_rng = parallel.replicate(rng, 'pmap')
+
+  def run_one():
+    state['p_state'], metrics = step(state['p_state'], batch, p_rng)
+    jax.block_until_ready((state['p_state'], metrics))
+    state['metrics'] = metrics
+
+  t0 = time.perf_counter()
+  run_one()
+  first_s = time.perf_counter() - t0
+  fwd, work = step_flops(s, config)
+  return run_one, {'init_s': init_s, 'first_s': first_s, 'config': config,
+                   'forward_flops': fwd, 'step_flops': work,
+                   'finite': bool(np.asarray(state['metrics']['finite']).all())}
+
+
+def _jax_worker():
+  import jax  # pylint: disable=g-import-not-at-top
+
   state = {}
 
   def step_setup(setting, size, dtype, warmup):
-    s = SETTINGS[setting]
-    config = make_config(s, size, dtype)
-    model = train.create_model(config, NUM_CLASSES)
-    rng = jax.random.PRNGKey(0)
-    t0 = time.perf_counter()
-    train_state = train.create_train_state(rng, config, model, train.input_shape(config))
-    init_s = time.perf_counter() - t0
-    step = parallel.make_parallel_step(functools.partial(train.train_step, config=config),
-                                       'pmap', out_replicated=True)
-    snippets = config.temporal.num_segments * config.temporal.snippets_per_segment
-    shape = (1, s.batch, snippets) + train.input_shape(config)
-    frames = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
-    batch = parallel.shard_batch_for_mode(
-        {'frames': frames, 'label': np.arange(s.batch, dtype=np.int32)[None] % NUM_CLASSES},
-        'pmap')
-    p_state = parallel.replicate(train_state, 'pmap')
-    p_rng = parallel.replicate(rng, 'pmap')
-    t0 = time.perf_counter()
-    p_state, metrics = step(p_state, batch, p_rng)
-    jax.block_until_ready((p_state, metrics))
-    first_s = time.perf_counter() - t0
-    state.update(step=step, p_state=p_state, batch=batch, rng=p_rng)
+    run_one, info = build_step(setting, size, dtype)
+    state['run_one'] = run_one
     warm = common.time_calls(run_one, max(warmup, 1))
-    fwd, work = step_flops(s, config)
     return {'framework': 'jax', 'version': jax.__version__,
-            'xla_flags': os.environ.get('XLA_FLAGS', ''), 'init_s': round(init_s, 1),
-            'compile_s': round(first_s - min(warm), 1), 'forward_flops': fwd,
-            'step_flops': work, 'finite': bool(np.asarray(metrics['finite']).all())}
-
-  def run_one():
-    state['p_state'], metrics = state['step'](state['p_state'], state['batch'], state['rng'])
-    jax.block_until_ready((state['p_state'], metrics))
+            'xla_flags': os.environ.get('XLA_FLAGS', ''), 'init_s': round(info['init_s'], 1),
+            'compile_s': round(info['first_s'] - min(warm), 1),
+            'forward_flops': info['forward_flops'], 'step_flops': info['step_flops'],
+            'finite': info['finite']}
 
   def step_time(reps):
-    return common.time_calls(run_one, reps)
+    return common.time_calls(state['run_one'], reps)
 
   def matmul(reps):
     fn, flop = common.matmul_task('jax')
@@ -171,9 +189,12 @@ def _jax_worker():
 # ------------------------------------------------------------------------------------------
 
 
-def start_jax(variant: str) -> common.Worker:
-  return common.Worker(f'jax_{variant}', [sys.executable, '-m', 'benchmarks.compare',
-                                          '--serve_jax'], jax_variant_env(variant))
+def start_jax(variant: str, tree: str = common.REPO_ROOT, name: str = '') -> common.Worker:
+  """A JAX worker of `variant` running the code of the checkout `tree` (`-m` puts its cwd
+  first on sys.path)."""
+  return common.Worker(name or f'jax_{variant}', [sys.executable, '-m', 'benchmarks.compare',
+                                                  '--serve_jax'],
+                       jax_variant_env(variant), cwd=tree)
 
 
 def start_peer(peer_python: str) -> common.Worker:
@@ -191,6 +212,13 @@ def run_setting(names: list[str], a, matmul_rates: dict) -> None:
         w = start_jax(v)
         if len(names) > 1:
           w.name = f'{w.name}:{name}'
+        infos[w.name] = w.call('step_setup', setting=name, size=a.size, dtype=a.dtype,
+                               warmup=a.warmup)
+        workers.append(w)
+        of[w.name] = name
+        requests[w.name] = ('step_time', {'reps': 1})
+      if a.baseline_tree:
+        w = start_jax('default', a.baseline_tree, f'{BASELINE}:{name}')
         infos[w.name] = w.call('step_setup', setting=name, size=a.size, dtype=a.dtype,
                                warmup=a.warmup)
         workers.append(w)
@@ -244,10 +272,20 @@ def run_setting(names: list[str], a, matmul_rates: dict) -> None:
                        'speed_ratio_median': r['median'], 'q25': r['q25'], 'q75': r['q75'],
                        'rounds': r['n'], 'load_avg': common.load_average(),
                        'note': 'per-round torch step time / our step time (>1: we are faster)'})
+    # Against the other checkout (--baseline_tree): each worker of this tree against the
+    # baseline worker of its own setting.
+    for w in workers:
+      base = f'{BASELINE}:{of[w.name]}'
+      if a.baseline_tree and w.name not in (base, 'torch'):
+        r = common.round_ratios(times[w.name], times[base])
+        common.emit({'bench': 'compare', 'setting': of[w.name], 'ratio': f'{w.name} / {base}',
+                     'step_time_ratio_median': r['median'], 'q25': r['q25'], 'q75': r['q75'],
+                     'rounds': r['n'], 'baseline_tree': a.baseline_tree,
+                     'note': 'per-round step time ratio (<1: this checkout is faster)'})
     if len(names) > 1:
       first = workers[0].name
       for w in workers[1:]:
-        if w.name != 'torch':
+        if w.name != 'torch' and not w.name.startswith(BASELINE):
           r = common.round_ratios(times[w.name], times[first])
           common.emit({'bench': 'compare', 'ratio': f'{w.name} / {first}',
                        'step_time_ratio_median': r['median'], 'q25': r['q25'],
@@ -265,6 +303,10 @@ def main(argv=None):
   ap.add_argument('--jax_variants', default='default')
   ap.add_argument('--peer_python', default=common.peer_python_default(),
                   help="PyTorch peer interpreter ('' = JAX only)")
+  ap.add_argument('--baseline_tree', default='',
+                  help='another checkout (e.g. `git worktree add /tmp/base HEAD~1`): one more '
+                       'JAX worker (default variant) runs its code, interleaved with ours, and '
+                       'each setting gets a step-time ratio against it')
   ap.add_argument('--size', type=int, default=224)
   ap.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
   ap.add_argument('--rounds', type=int, default=5)
