@@ -120,7 +120,7 @@ def build_step(setting: str, size: int, dtype: str):
   """The real pmapped train step of `setting` on a synthetic uint8 batch already on the device.
 
   Returns (run_one, info): run_one() runs one step (state carried over, blocks until done);
-  info has init_s, first_s (compile + one step), the config, forward and step FLOPs.
+  info has init_s, first_s (compile + one step), forward and step FLOPs, finite.
   """
   import functools  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
@@ -154,8 +154,8 @@ def build_step(setting: str, size: int, dtype: str):
   run_one()
   first_s = time.perf_counter() - t0
   fwd, work = step_flops(s, config)
-  return run_one, {'init_s': init_s, 'first_s': first_s, 'config': config,
-                   'forward_flops': fwd, 'step_flops': work,
+  return run_one, {'init_s': init_s, 'first_s': first_s, 'forward_flops': fwd,
+                   'step_flops': work,
                    'finite': bool(np.asarray(state['metrics']['finite']).all())}
 
 
@@ -207,31 +207,30 @@ def run_setting(names: list[str], a, matmul_rates: dict) -> None:
   """Benchmarks the settings `names` together: all their workers interleaved in one run."""
   workers, requests, infos, of = [], {}, {}, {}
   try:
+    def add(w: common.Worker, name: str, info: dict) -> None:
+      infos[w.name] = info
+      workers.append(w)
+      of[w.name] = name
+      requests[w.name] = ('step_time', {'reps': 1})
+
+    def add_jax(w: common.Worker, name: str) -> None:
+      add(w, name, w.call('step_setup', setting=name, size=a.size, dtype=a.dtype,
+                          warmup=a.warmup))
+
     for name in names:
       for v in a.jax_variants:
         w = start_jax(v)
         if len(names) > 1:
           w.name = f'{w.name}:{name}'
-        infos[w.name] = w.call('step_setup', setting=name, size=a.size, dtype=a.dtype,
-                               warmup=a.warmup)
-        workers.append(w)
-        of[w.name] = name
-        requests[w.name] = ('step_time', {'reps': 1})
+        add_jax(w, name)
       if a.baseline_tree:
-        w = start_jax('default', a.baseline_tree, f'{BASELINE}:{name}')
-        infos[w.name] = w.call('step_setup', setting=name, size=a.size, dtype=a.dtype,
-                               warmup=a.warmup)
-        workers.append(w)
-        of[w.name] = name
-        requests[w.name] = ('step_time', {'reps': 1})
+        add_jax(start_jax('default', a.baseline_tree, f'{BASELINE}:{name}'), name)
     peer_setting = next((n for n in names if SETTINGS[n].peer is not None), None)
     if peer_setting and a.peer_python:
       w = start_peer(a.peer_python)
-      infos[w.name] = w.call('step_setup', warmup=a.warmup, size=a.size, classes=NUM_CLASSES,
-                             dtype=a.dtype, **SETTINGS[peer_setting].peer)
-      workers.append(w)
-      of[w.name] = peer_setting
-      requests[w.name] = ('step_time', {'reps': 1})
+      add(w, peer_setting, w.call('step_setup', warmup=a.warmup, size=a.size,
+                                  classes=NUM_CLASSES, dtype=a.dtype,
+                                  **SETTINGS[peer_setting].peer))
     times = common.interleave(workers, requests, a.rounds)
     # The machine's matmul rate, measured by the same workers right after.
     for w in workers:
@@ -274,9 +273,9 @@ def run_setting(names: list[str], a, matmul_rates: dict) -> None:
                        'note': 'per-round torch step time / our step time (>1: we are faster)'})
     # Against the other checkout (--baseline_tree): each worker of this tree against the
     # baseline worker of its own setting.
-    for w in workers:
+    for w in workers if a.baseline_tree else []:
       base = f'{BASELINE}:{of[w.name]}'
-      if a.baseline_tree and w.name not in (base, 'torch'):
+      if w.name not in (base, 'torch'):
         r = common.round_ratios(times[w.name], times[base])
         common.emit({'bench': 'compare', 'setting': of[w.name], 'ratio': f'{w.name} / {base}',
                      'step_time_ratio_median': r['median'], 'q25': r['q25'], 'q75': r['q75'],

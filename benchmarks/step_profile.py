@@ -13,7 +13,7 @@ event (their thunks' own events are only their dispatch); idle threads count the
 Groups (`group` in each line) gather kinds into what they are, for a quick read:
   pool_gradient   select_pad / select_multiply / slice_select fusions (max-pool gradient routing)
   transpose       transpose_copy fusions (layouts for convolution weight gradients)
-  reduction       reduce-window / reduce (BN statistics, bias gradients, sums)
+  reduction       reduce-window / reduce (BN statistics, bias gradients, sums), all-reduce
   data_movement   copy, concatenate, slice, pad, dynamic-update-slice (inception concatenations)
   matmul          dot / dot_general (1x1 convolutions as matmuls, the classifier)
   convolution     convolution thunks (dispatch only, see above)
@@ -46,7 +46,7 @@ from benchmarks import common, compare  # pylint: disable=g-import-not-at-top
 # XLA:CPU's intra-op thread pool (its threads are named tf_XLAEigen/<id> in the trace).
 XLA_THREAD_PREFIX = 'tf_XLAEigen'
 # Host-side events (Python frames, the executor's own bookkeeping) are not thunks.
-NOT_A_THUNK = re.compile(r'^\$|ThunkExecutor|PjitFunction|PjRt|Execute')
+NOT_A_THUNK = re.compile(r'^\$|Execute|PjitFunction|PjRt')  # Execute: ThunkExecutor's too
 GROUPS = (  # (group, pattern on the kind), first match wins
     ('pool_gradient', re.compile(r'^(select_pad|select_multiply|slice_select)')),
     ('transpose', re.compile(r'transpose')),
