@@ -145,21 +145,30 @@ def _pad(x: Array, padding: Padding, value) -> Array:
                  constant_values=value)
 
 
+def _max_pool_of(x: Array, stride: int, padding: Padding) -> Array:
+  xp = _pad(x, padding, -jnp.inf)
+  out_hw = (_out_size(x.shape[1], padding[0], stride), _out_size(x.shape[2], padding[1], stride))
+  return functools.reduce(jnp.maximum, [_window(xp, i, j, stride, out_hw) for i, j in _offsets()])
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def max_pool(x: Array, stride: int, padding: Padding) -> Array:
   """3x3 max pool of x (N, H, W, C) with -inf `padding` ((top, bottom), (left, right))."""
-  return _max_pool_fwd(x, stride, padding)[0]
+  return _max_pool_of(x, stride, padding)
 
 
 def _max_pool_fwd(x, stride, padding):
-  xp = _pad(x, padding, -jnp.inf)
-  out_hw = (_out_size(x.shape[1], padding[0], stride), _out_size(x.shape[2], padding[1], stride))
-  y = functools.reduce(jnp.maximum, [_window(xp, i, j, stride, out_hw) for i, j in _offsets()])
-  return y, (x, y)
+  return _max_pool_of(x, stride, padding), (x,)
 
 
 def _max_pool_bwd(stride, padding, res, dy):
-  x, y = res
+  # Each window's maximum is found by exact comparison with y, so y is recomputed here from
+  # the residual x itself rather than kept from the forward pass: XLA may fuse x's producer
+  # (e.g. BN + ReLU) separately into the fusion that computed y and into the ones that read x,
+  # and the copies can round differently, and a window whose stored y matches none of its x
+  # loses its gradient. Found with tam_backward='reuse' (tests/test_reuse_backward.py).
+  (x,) = res
+  y = _max_pool_of(x, stride, padding)
   xp = _pad(x, padding, -jnp.inf)
   hp, wp = xp.shape[1:3]
   out_h, out_w = y.shape[1:3]
