@@ -14,6 +14,7 @@ Settings (SETTINGS; names for --settings):
   tsn3_flow       the same, flow (10 channels)      peer: TSN flow step
   tam_masked      TAM-TS(3x3,3x1), 2 x 9, masked    peer: literal Algorithm 1 (masked, full bwd)
   tam_recompute   the same, tam_backward=recompute  peer: literal Algorithm 1
+  tam_reuse       the same, tam_backward=reuse      peer: literal Algorithm 1
   sta_rgb         STA-TS(3x3,3x1) RGB, 2 x 9        (no peer)
   sta_flow        STA-TS(3x3,3x1) flow, 2 x 9       (no peer)
 
@@ -80,6 +81,8 @@ SETTINGS = {
     'tam_recompute': Setting('tam_ts3x3_3x1', 'rgb', 2, 'recompute',
                              peer=dict(step='tam', batch=2, segments=9, tam_top=1,
                                        tam_groups=3)),
+    'tam_reuse': Setting('tam_ts3x3_3x1', 'rgb', 2, 'reuse',
+                         peer=dict(step='tam', batch=2, segments=9, tam_top=1, tam_groups=3)),
     'sta_rgb': Setting('sta_ts3x3_3x1', 'rgb', 2, 'recompute'),
     'sta_flow': Setting('sta_ts3x3_3x1', 'flow', 2, 'recompute'),
 }

@@ -134,7 +134,9 @@ def get_base_config(modality: str = 'rgb') -> ml_collections.ConfigDict:
   config.temporal.top_n = 1                    # top_n, or top_m per segment when M > 1
   config.temporal.consensus = 'average'        # 'tam' (Alg. 1) | 'average' (TSN averaged logits)
   config.temporal.tam_backward = 'masked'      # 'masked': literal Algorithm 1 (masked loss, full
-                                               # backward); 'recompute': score all, backprop top only
+                                               # backward); 'recompute': score all, backprop top only;
+                                               # 'reuse': masked's numbers, backward of the top only
+                                               # (partial BN; sta_cnn_jax/reuse_backward.py)
 
   # Loss (Eq. 10).
   config.aux_loss_weight = 0.5                 # λ; not given in the paper

@@ -11,7 +11,9 @@ and one for the weights of every layer, each as costly as the forward (TRAIN_FLO
 Temporal attention (Algorithm 1) changes which snippets pay what:
   'masked'    every one of the S snippets is forwarded and back-propagated (3·S forwards);
   'recompute' S forwards without gradient to score α, then forward + backward of the
-              selected ones again (S + 3·selected forwards).
+              selected ones again (S + 3·selected forwards);
+  'reuse'     S forwards with gradient tracking, the backward of the selected ones only
+              (S + 2·selected forwards).
 `train_step_flops` returns what a step executes, so achieved GFLOP/s are honest for both.
 """
 
@@ -27,7 +29,7 @@ from sta_cnn_jax.models import sta_cnn
 
 # Forward + backward (input and weight gradients) ~= 3 forwards (see module doc).
 TRAIN_FLOPS_FACTOR = 3
-TAM_BACKWARD_MODES = ('masked', 'recompute')
+TAM_BACKWARD_MODES = ('masked', 'recompute', 'reuse')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,13 +184,15 @@ def train_step_flops(forward_flops: int, num_videos: int, num_snippets: int,
 
   forward_flops: one snippet's forward (e.g. `stacnn_flops(...)`).
   num_selected: snippets per video that Algorithm 1 back-propagates (top_n, or N·top_m);
-    None = all (TSN consensus). See the module doc for the two `tam_backward` modes.
+    None = all (TSN consensus). See the module doc for the `tam_backward` modes.
   """
   if tam_backward not in TAM_BACKWARD_MODES:
     raise ValueError(f'flops.py: tam_backward={tam_backward!r}; expected one of '
                      f'{TAM_BACKWARD_MODES}')
   if num_selected is None or tam_backward == 'masked':
     return TRAIN_FLOPS_FACTOR * forward_flops * num_videos * num_snippets
+  if tam_backward == 'reuse':  # one forward of all, the backward (2 forwards) of the selected
+    return forward_flops * num_videos * (num_snippets + (TRAIN_FLOPS_FACTOR - 1) * num_selected)
   return forward_flops * num_videos * (num_snippets + TRAIN_FLOPS_FACTOR * num_selected)
 
 

@@ -42,7 +42,7 @@ AXIS = parallel.AXIS_NAME
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 CONSENSUS = ('tam', 'average')
 # Algorithm 1's backward (config.temporal.tam_backward), see `train_loss.loss_and_grads`.
-TAM_BACKWARD = ('masked', 'recompute')
+TAM_BACKWARD = ('masked', 'recompute', 'reuse')
 # Initialisation runs once: compiling it without XLA backend optimisations saves most of its
 # compile time (e.g. ~65 s -> ~20 s for BN-Inception on 2 CPU cores) at no cost that matters.
 INIT_COMPILER_OPTIONS = {'xla_backend_optimization_level': 0}
@@ -65,6 +65,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if t.tam_backward not in TAM_BACKWARD:
     raise NotImplementedError(f'temporal.tam_backward={t.tam_backward!r}; implemented: '
                               f'{TAM_BACKWARD}')
+  if t.tam_backward == 'reuse' and not config.model.partial_bn:
+    raise ValueError("temporal.tam_backward='reuse' needs model.partial_bn=True: it reuses "
+                     'the forward pass row by row after the first BatchNorm, which batch '
+                     "statistics in later BNs would couple across snippets (use 'recompute' "
+                     "or 'masked')")
   per_group = t.snippets_per_segment if t.snippets_per_segment > 1 else t.num_segments
   if t.consensus == 'tam' and not 1 <= t.top_n <= per_group:
     raise ValueError(f'temporal.top_n={t.top_n} must be in [1, {per_group}] for TS('

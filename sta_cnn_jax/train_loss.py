@@ -18,6 +18,7 @@ import ml_collections
 
 from sta_cnn_jax import losses
 from sta_cnn_jax import optim
+from sta_cnn_jax import reuse_backward
 from sta_cnn_jax import temporal
 
 
@@ -111,6 +112,10 @@ def loss_and_grads(state: Any, x: jnp.ndarray, labels: jnp.ndarray, rng: jax.Arr
     'recompute' forward all snippets WITHOUT gradient to score α and select β, then gather the
                 selected B·N·top_m snippets (static count, jnp.take_along_axis) and forward +
                 backward only those -- S + 3·selected forwards of work (0.67x for TS(3×3,3×1)).
+    'reuse'     forward all snippets with gradient tracking (as 'masked'), back-propagate the
+                selected snippets' part of it only -- S + 2·selected (0.56x); needs partial
+                BN; loss, gradients, α, β and BN updates are those of 'masked'
+                (sta_cnn_jax/reuse_backward.py).
   Partial BN's first layer (`conv1_7x7_s2_bn`, batch statistics in training) in each mode:
     'masked'    normalises with the statistics of all B·S snippets, gradients flow through them;
                 running averages are updated from all B·S snippets.
@@ -139,6 +144,9 @@ def loss_and_grads(state: Any, x: jnp.ndarray, labels: jnp.ndarray, rng: jax.Arr
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     return loss, grads, aux
 
+  if t.tam_backward == 'reuse':
+    return _reuse_loss_and_grads(state, x, labels, rng, config)
+
   # 'recompute': scoring pass (no gradient is taken through it; the same dropout key as
   # 'masked', so α and β equal masked's also with dropout) ...
   grad_rng = jax.random.fold_in(rng, 1)
@@ -160,4 +168,44 @@ def loss_and_grads(state: Any, x: jnp.ndarray, labels: jnp.ndarray, rng: jax.Arr
                            config.aux_loss_weight)
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
   return loss, grads, {'model_state': scored_model_state, 'logits': logits, 'alpha': alpha,
+                       'mask': mask}
+
+
+def _reuse_loss_and_grads(state: Any, x: jnp.ndarray, labels: jnp.ndarray, rng: jax.Array,
+                          config: ml_collections.ConfigDict) -> tuple[jnp.ndarray, Any, dict]:
+  """tam_backward='reuse' (see `loss_and_grads` and sta_cnn_jax/reuse_backward.py)."""
+  b = labels.shape[0]
+  s = x.shape[0] // b
+  k = num_selected(config)
+
+  def variables(params):
+    return {'params': frozen_as_constants(params, config), 'batch_stats': state.batch_stats}
+
+  def stem(params):
+    return reuse_backward.stem_output(state.apply_fn, variables(params), x, rng)
+
+  def trunk_over(x_rows):
+    return lambda params, h: reuse_backward.trunk_output(
+        state.apply_fn, variables(params), h, x_rows, rng)
+
+  h, stem_pullback, model_state = jax.vjp(stem, state.params, has_aux=True)
+  (logits, aux_logits), trunk_pullback = jax.vjp(trunk_over(x), state.params, h)
+  logits = logits.reshape(b, s, -1)                                         # (B, S, C)
+  if aux_logits is not None:
+    aux_logits = aux_logits.reshape(b, s, -1)
+  alpha, mask = temporal_selection(logits, config)
+  loss, (d_logits, d_aux) = jax.value_and_grad(
+      lambda lg, ax: compute_loss(lg, ax, labels, mask, config), argnums=(0, 1))(
+          logits, aux_logits)
+
+  # Rows b·S + idx of the selected snippets; only their part of the trunk is pulled back.
+  rows = (jnp.arange(b)[:, None] * s + selected_indices(mask, k)).reshape(-1)  # (B·K,)
+  template = jax.vjp(trunk_over(jnp.zeros((b * k,) + x.shape[1:], x.dtype)), state.params,
+                     jnp.zeros((b * k,) + h.shape[1:], h.dtype))[1]
+  pullback = reuse_backward.restricted_pullback(trunk_pullback, template, b * s, rows)
+  take = lambda d: None if d is None else d.reshape((b * s,) + d.shape[2:])[rows]
+  trunk_grads, d_h_rows = pullback((take(d_logits), take(d_aux)))
+  (stem_grads,) = stem_pullback(jnp.zeros_like(h).at[rows].set(d_h_rows))
+  grads = jax.tree_util.tree_map(jnp.add, trunk_grads, stem_grads)
+  return loss, grads, {'model_state': model_state, 'logits': logits, 'alpha': alpha,
                        'mask': mask}

@@ -116,6 +116,8 @@ def test_train_step_flops():
   assert flops.train_step_flops(fwd, 2, 9, 3, 'masked') == 3 * fwd * 18
   # recompute: S gradient-free forwards + forward and backward of the selected.
   assert flops.train_step_flops(fwd, 2, 9, 3, 'recompute') == fwd * 2 * (9 + 3 * 3)
+  # reuse: S forwards with gradient tracking + the backward (2 forwards) of the selected.
+  assert flops.train_step_flops(fwd, 2, 9, 3, 'reuse') == fwd * 2 * (9 + 2 * 3)
   with pytest.raises(ValueError, match='flops.py'):
     flops.train_step_flops(fwd, 1, 1, 1, 'partial')
 
