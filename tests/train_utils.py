@@ -20,6 +20,7 @@ import tempfile
 import textwrap
 
 import flax.linen as nn
+from flax import traverse_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -202,3 +203,17 @@ def random_batch(rng: np.random.RandomState, devices: int, per_device: int, snip
   return {'frames': rng.randint(0, 256, (devices, per_device, snippets, size, size, channels)
                                 ).astype(np.uint8),
           'label': rng.randint(0, num_classes, (devices, per_device)).astype(np.int32)}
+
+
+def assert_grads_close(got, want, rtol: float, atol_scale: float) -> dict:
+  """Every leaf of the gradient tree `got` equals `want`'s (same keys; atol = atol_scale x the
+  largest |want|), and `want` is not all zero. Returns `want` flattened with '/' keys."""
+  flat_w = traverse_util.flatten_dict(want, sep='/')
+  flat_g = traverse_util.flatten_dict(got, sep='/')
+  assert flat_w.keys() == flat_g.keys()
+  scale = max(float(np.abs(g).max()) for g in flat_w.values())
+  assert scale > 0
+  for k in flat_w:
+    np.testing.assert_allclose(flat_g[k], flat_w[k], rtol=rtol, atol=atol_scale * scale,
+                               err_msg=k)
+  return flat_w
