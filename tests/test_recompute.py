@@ -12,7 +12,8 @@ import optax
 import pytest
 
 from sta_cnn_jax import optim, parallel, train, train_loss
-from tests.train_utils import assert_grads_close, random_batch, standin_head, tiny_config
+from tests.train_utils import (assert_grads_close, loss_and_grads_in_mode, random_batch,
+                               standin_head, tiny_config)
 
 NUM_CLASSES = 3
 CROP = 32
@@ -47,17 +48,6 @@ def _state(config, model, seed=1):
       tx=optim.create_optimizer(config, optax.constant_schedule(config.learning_rate)))
 
 
-def _loss_and_grads(config, state, batch, mode):
-  config = config.copy_and_resolve_references()
-  config.temporal.tam_backward = mode
-  b, s = batch['frames'].shape[1:3]
-  x = train.normalize_batch(jnp.asarray(batch['frames'][0]).reshape(
-      (b * s,) + batch['frames'].shape[3:]), config)
-  fn = jax.jit(
-      lambda st, x, y: train_loss.loss_and_grads(st, x, y, jax.random.PRNGKey(0), config))
-  return fn(state, x, jnp.asarray(batch['label'][0]))
-
-
 @pytest.mark.parametrize('row,aux', [('tam_ts3x3_3x1', False), ('tam_ts3x3_3x2', False),
                                      ('tam_ts9_3', True)])
 def test_recompute_equals_masked_with_running_statistics(row, aux):
@@ -66,8 +56,8 @@ def test_recompute_equals_masked_with_running_statistics(row, aux):
   state = _state(config, model)
   s = config.temporal.num_segments * config.temporal.snippets_per_segment
   batch = random_batch(np.random.RandomState(0), 1, 4, s, CROP, 6, NUM_CLASSES)
-  loss_m, grads_m, aux_m = _loss_and_grads(config, state, batch, 'masked')
-  loss_r, grads_r, aux_r = _loss_and_grads(config, state, batch, 'recompute')
+  loss_m, grads_m, aux_m = loss_and_grads_in_mode(config, state, batch, 'masked')
+  loss_r, grads_r, aux_r = loss_and_grads_in_mode(config, state, batch, 'recompute')
   # The selection is the same, and it is a real selection (not every snippet).
   np.testing.assert_array_equal(aux_m['mask'], aux_r['mask'])
   assert 0 < float(np.mean(aux_m['mask'])) < 1
@@ -138,7 +128,7 @@ def test_recompute_selects_what_masked_selects_with_dropout():
   config = tiny_config(row='rgb,tam_ts3x3_3x1')
   state = _state(config, RunningStatsNet(NUM_CLASSES, dropout_rate=0.5))
   batch = random_batch(np.random.RandomState(4), 1, 4, 9, CROP, 6, NUM_CLASSES)
-  _, _, aux_m = _loss_and_grads(config, state, batch, 'masked')
-  _, _, aux_r = _loss_and_grads(config, state, batch, 'recompute')
+  _, _, aux_m = loss_and_grads_in_mode(config, state, batch, 'masked')
+  _, _, aux_r = loss_and_grads_in_mode(config, state, batch, 'recompute')
   np.testing.assert_array_equal(aux_m['mask'], aux_r['mask'])
   np.testing.assert_allclose(aux_m['alpha'], aux_r['alpha'], rtol=1e-6)

@@ -9,8 +9,9 @@ import numpy as np
 import optax
 import pytest
 
-from sta_cnn_jax import optim, reuse_backward, train, train_loss
-from tests.train_utils import TEST_CROP, assert_grads_close, random_batch, tiny_config
+from sta_cnn_jax import optim, reuse_backward, train
+from tests.train_utils import (TEST_CROP, assert_grads_close, loss_and_grads_in_mode,
+                               random_batch, tiny_config)
 
 NUM_CLASSES = 3
 
@@ -55,18 +56,11 @@ def test_restricted_pullback_names_a_residual_without_a_row_axis():
     reuse_backward.restricted_pullback(full, template, 6, jnp.arange(4))
 
 
-def _grads(config, state, x, labels, mode):
-  config = config.copy_and_resolve_references()
-  config.temporal.tam_backward = mode
-  fn = jax.jit(lambda st, x, y: train_loss.loss_and_grads(
-      st, x, y, jax.random.PRNGKey(7), config))
-  return fn(state, x, labels)
-
-
 @pytest.mark.parametrize('row', ['rgb,sta_ts3x3_3x1', 'flow,tam_ts3x3_3x1'])
 def test_reuse_equals_masked_on_stacnn_with_partial_bn(row):
-  config = tiny_config(row=row, **{'model.partial_bn': True, 'model.sync_batch_norm': False, 'model.dropout_rate': 0.5,
-                                   'aux_loss_weight': 0.5, 'num_classes': NUM_CLASSES})
+  config = tiny_config(row=row, **{
+      'model.partial_bn': True, 'model.sync_batch_norm': False, 'model.dropout_rate': 0.5,
+      'aux_loss_weight': 0.5, 'num_classes': NUM_CLASSES})
   train.check_config(config)
   model = train.create_model(config, NUM_CLASSES)
   shape = train.input_shape(config)
@@ -82,11 +76,9 @@ def test_reuse_equals_masked_on_stacnn_with_partial_bn(row):
       tx=optim.create_optimizer(config, optax.constant_schedule(config.learning_rate)))
   s = config.temporal.num_segments * config.temporal.snippets_per_segment
   batch = random_batch(np.random.RandomState(2), 1, 3, s, TEST_CROP, shape[-1], NUM_CLASSES)
-  x = train.normalize_batch(jnp.asarray(batch['frames'][0]).reshape((3 * s,) + shape), config)
-  labels = jnp.asarray(batch['label'][0])
 
-  loss_m, grads_m, aux_m = _grads(config, state, x, labels, 'masked')
-  loss_r, grads_r, aux_r = _grads(config, state, x, labels, 'reuse')
+  loss_m, grads_m, aux_m = loss_and_grads_in_mode(config, state, batch, 'masked')
+  loss_r, grads_r, aux_r = loss_and_grads_in_mode(config, state, batch, 'reuse')
   np.testing.assert_array_equal(aux_m['mask'], aux_r['mask'])
   assert 0 < float(np.mean(aux_m['mask'])) < 1
   np.testing.assert_allclose(aux_r['alpha'], aux_m['alpha'], rtol=1e-5)

@@ -217,3 +217,18 @@ def assert_grads_close(got, want, rtol: float, atol_scale: float) -> dict:
     np.testing.assert_allclose(flat_g[k], flat_w[k], rtol=rtol, atol=atol_scale * scale,
                                err_msg=k)
   return flat_w
+
+
+def loss_and_grads_in_mode(config, state, batch, mode: str):
+  """Jitted `train_loss.loss_and_grads` of device 0's part of `batch` with
+  temporal.tam_backward = mode: (loss, grads, aux)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from sta_cnn_jax import train, train_loss  # pylint: disable=g-import-not-at-top
+  config = config.copy_and_resolve_references()
+  config.temporal.tam_backward = mode
+  b, s = batch['frames'].shape[1:3]
+  x = train.normalize_batch(jnp.asarray(batch['frames'][0]).reshape(
+      (b * s,) + batch['frames'].shape[3:]), config)
+  fn = jax.jit(
+      lambda st, x, y: train_loss.loss_and_grads(st, x, y, jax.random.PRNGKey(0), config))
+  return fn(state, x, jnp.asarray(batch['label'][0]))
