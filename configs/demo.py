@@ -69,6 +69,9 @@ def get_config(arg: str = 'rgb,sta_ts3x3_3x1') -> ml_collections.ConfigDict:
   config.model.width_multiplier = WIDTH_MULTIPLIER
   config.model.san_widths = SAN_WIDTHS
   config.model.partial_bn = False
+  # Every BN trains here, on small maps: 'matmul' gave the same one-core step and 6 s more
+  # compile per run (docs/performance.md), so the miniature keeps flax's reductions.
+  config.model.bn_batch_sums = 'reduce'
   config.model.dropout_rate = 0.5
   config.model.fc_init_std = FC_INIT_STD
   config.model.sal_weights = 'shared'

@@ -90,7 +90,8 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int) -> STACNN:
                 sal_normalisation=m.sal_normalisation, width_multiplier=m.width_multiplier,
                 fc_init_std=m.fc_init_std,
                 dtype=DTYPES[config.dtype],
-                bn_axis_name=AXIS if m.sync_batch_norm else None)
+                bn_axis_name=AXIS if m.sync_batch_norm else None,
+                bn_batch_sums=m.bn_batch_sums)
 
 
 def input_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:

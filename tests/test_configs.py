@@ -55,7 +55,7 @@ POSITIONAL_ROWS = {
 CONFIGS_SHA256 = '1af01997bb96c72b5ac3eca288c83f747a5430b7754e2ef8310449b9e789e2d0'
 # Keys added since, with the value every paper config must have (dropped before hashing, so the
 # hash still proves that nothing else changed).
-ADDED_SINCE = {('eval', 'cell_evidence'): False}
+ADDED_SINCE = {('eval', 'cell_evidence'): False, ('model', 'bn_batch_sums'): 'matmul'}
 
 
 def _without_added(config: dict) -> dict:

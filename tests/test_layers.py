@@ -80,3 +80,88 @@ def test_avg_pool_equals_flax_counting_padding():
   _close(y, y_ref)
   dy = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
   _close(vjp(dy)[0], vjp_ref(dy)[0])
+
+
+def _bn_input(seed, shape=(6, 5, 4, 7)):
+  rng = np.random.default_rng(seed)
+  # Channels with different means and spreads (a mean far from 0 tests E[x²] - E[x]²).
+  x = rng.standard_normal(shape) * np.linspace(0.5, 3, shape[-1]) + np.linspace(-2, 4, shape[-1])
+  return jnp.asarray(x, jnp.float32), jnp.asarray(rng.standard_normal(shape), jnp.float32)
+
+
+def _bn_params(channels):
+  return {'scale': jnp.linspace(0.5, 2.0, channels), 'bias': jnp.linspace(-1.0, 1.0, channels)}
+
+
+def _bn_outputs(module, variables, x, dy, train):
+  """(y, new batch_stats, d/dx, d/dparams) of <y, dy> through `module`."""
+  def f(x, params):
+    y, state = module.apply({'params': params, 'batch_stats': variables['batch_stats']}, x,
+                            use_running_average=not train, mutable=['batch_stats'])
+    return jnp.vdot(y, dy), (y, state['batch_stats'])
+  (_, (y, stats)), grads = jax.value_and_grad(f, (0, 1), has_aux=True)(x, variables['params'])
+  return y, stats, grads
+
+
+@pytest.mark.parametrize('train', [True, False])
+def test_batch_norm_equals_flax_batch_norm(train):
+  x, dy = _bn_input(4)
+  ref = nn.BatchNorm(momentum=0.9, epsilon=1e-5)
+  ours = layers.BatchNorm(momentum=0.9, epsilon=1e-5)
+  variables = ref.init(jax.random.PRNGKey(0), x, use_running_average=False)
+  mine = ours.init(jax.random.PRNGKey(0), x, use_running_average=False)
+  assert jax.tree_util.tree_structure(mine) == jax.tree_util.tree_structure(variables)
+  for a, b in zip(jax.tree_util.tree_leaves(mine), jax.tree_util.tree_leaves(variables)):
+    np.testing.assert_array_equal(a, b)  # same names, shapes, initial values; init updates none
+  variables = {'params': _bn_params(x.shape[-1]),
+               'batch_stats': {'mean': jnp.linspace(-1, 1, 7), 'var': jnp.linspace(0.5, 2, 7)}}
+  got = _bn_outputs(ours, variables, x, dy, train)
+  want = _bn_outputs(ref, variables, x, dy, train)
+  for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+    _close(a, b, rtol=1e-5)
+
+
+def test_batch_norm_training_against_numpy():
+  """Training-mode forward and backward against the closed form in float64."""
+  x, dy = _bn_input(5)
+  params = _bn_params(x.shape[-1])
+  variables = {'params': params, 'batch_stats': {'mean': jnp.zeros(7), 'var': jnp.ones(7)}}
+  y, stats, (dx, dparams) = _bn_outputs(layers.BatchNorm(momentum=0.9), variables, x, dy, True)
+  xn, dyn = np.asarray(x, np.float64), np.asarray(dy, np.float64)
+  gamma, beta = (np.asarray(params[k], np.float64) for k in ('scale', 'bias'))
+  m = xn.size // xn.shape[-1]
+  mean, var = xn.mean((0, 1, 2)), xn.var((0, 1, 2))
+  inv = 1 / np.sqrt(var + 1e-5)
+  xhat = (xn - mean) * inv
+  _close(y, xhat * gamma + beta)
+  _close(stats['mean'], 0.1 * mean)
+  _close(stats['var'], 0.9 + 0.1 * var)
+  sum_dy, sum_dy_xhat = dyn.sum((0, 1, 2)), (dyn * xhat).sum((0, 1, 2))
+  _close(dparams['bias'], sum_dy)
+  _close(dparams['scale'], sum_dy_xhat, rtol=1e-4)
+  # dL/dx = γ·inv/M · (M·dy - Σdy - x̂·Σ(dy·x̂)).
+  _close(dx, gamma * inv / m * (m * dyn - sum_dy - xhat * sum_dy_xhat), rtol=1e-4)
+
+
+def test_synchronised_batch_norm_equals_flax_under_pmap():
+  """axis_name: statistics averaged over devices and their gradient (JAX's own transpose of
+  the pmean) as flax's, on every local device (8 in the suite's multi-device pass)."""
+  n = jax.local_device_count()
+  x, dy = _bn_input(6, (n, 4, 3, 3, 5))
+  variables = {'params': _bn_params(5),
+               'batch_stats': {'mean': jnp.zeros(5), 'var': jnp.ones(5)}}
+
+  def run(module):
+    step = jax.pmap(lambda x, dy: _bn_outputs(module, variables, x, dy, True), axis_name='b')
+    return step(x, dy)
+  got = run(layers.BatchNorm(momentum=0.9, axis_name='b'))
+  want = run(nn.BatchNorm(momentum=0.9, axis_name='b'))
+  for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+    _close(a, b, rtol=1e-4)
+
+
+def test_batch_norm_choice():
+  assert isinstance(layers.batch_norm('matmul', momentum=0.9), layers.BatchNorm)
+  assert isinstance(layers.batch_norm('reduce', momentum=0.9), nn.BatchNorm)
+  with pytest.raises(ValueError, match='bn_batch_sums'):
+    layers.batch_norm('sum')

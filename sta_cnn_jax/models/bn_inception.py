@@ -206,6 +206,8 @@ class BNInception(nn.Module):
       clearly labelled miniature configs: published weights do not fit a narrower network).
     fc_init_std: classifier init N(0, std) (TSN: 0.001, made for fine-tuning ImageNet
       features; from random weights such a small fc starves the trunk of gradient).
+    bn_batch_sums: how training-mode BNs sum over the batch, `layers.BN_BATCH_SUMS`
+      ('matmul': `layers.BatchNorm`; 'reduce': flax.linen.BatchNorm); same results.
   """
   num_classes: int = 1000
   dropout_rate: float = 0.8
@@ -215,6 +217,7 @@ class BNInception(nn.Module):
   param_dtype: Any = jnp.float32
   width_multiplier: float = 1.0
   fc_init_std: float = FC_INIT_STD
+  bn_batch_sums: str = 'matmul'
 
   def setup(self):
     convs, bns = {}, {}
@@ -224,8 +227,8 @@ class BNInception(nn.Module):
       convs[name] = layers.Conv(
           features, (k, k), (stride, stride), padding=((pad, pad), (pad, pad)),
           use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
-      bns[name] = nn.BatchNorm(
-          momentum=BN_MOMENTUM, epsilon=BN_EPSILON, axis_name=self.bn_axis_name,
+      bns[name] = layers.batch_norm(
+          self.bn_batch_sums, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, axis_name=self.bn_axis_name,
           dtype=self.dtype, param_dtype=self.param_dtype, name=name + BN_SUFFIX)
     self.convs, self.bns = convs, bns
     self.dropout = nn.Dropout(self.dropout_rate)

@@ -16,6 +16,11 @@ benchmarks/conv_layers.py and benchmarks/compare.py (see the performance notes t
   VJPs here route the gradient with nine masked, interior-padded copies (max) or apply the
   pool's own adjoint (avg, which is self-adjoint). `max_pool`'s gradient goes to the FIRST
   maximum of each window in row-major order, as PyTorch's and lax's select_and_scatter.
+* `BatchNorm`: `flax.linen.BatchNorm` (same variables, statistics and running averages) whose
+  per-channel sums over the batch, in the forward (mean, mean of squares) and in the backward
+  (sum of dy, sum of dy·x), are ones-vector matmuls. XLA:CPU turns a reduction that keeps the
+  minor (channel) axis into trees of reduce-windows, 3-7x slower than the matmul on the same
+  data (docs/performance.md); these sums are where a training-mode BN spends its time.
 """
 
 from __future__ import annotations
@@ -82,6 +87,12 @@ def _bias_add_bwd(_, dy):
 bias_add.defvjp(_bias_add_fwd, _bias_add_bwd)
 
 
+def channel_sum(x: Array) -> Array:
+  """x (..., C) summed over every axis but the last -> (C,), as a ones-vector matmul."""
+  flat = x.reshape(-1, x.shape[-1])
+  return (jnp.ones((1, flat.shape[0]), x.dtype) @ flat).reshape(x.shape[-1])
+
+
 def conv2d(x: Array, w: Array, strides: Sequence[int], padding: Padding) -> Array:
   """NHWC / HWIO convolution; 1x1 stride-1 unpadded convs as `pointwise_conv`."""
   if w.shape[:2] == (1, 1) and tuple(strides) == (1, 1) and all(
@@ -117,6 +128,118 @@ class Conv(nn.Module):
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     y = conv2d(x, kernel, self.strides, self.padding)
     return y if bias is None else bias_add(y, bias)
+
+
+# ------------------------------------------------------------------------------------------
+# BatchNorm.
+# ------------------------------------------------------------------------------------------
+
+
+@jax.custom_vjp
+def channel_moments(x: Array) -> tuple[Array, Array]:
+  """x (..., C) -> (E[x], E[x²]) per channel over every other axis, both (C,)."""
+  count = x.size // x.shape[-1]
+  return channel_sum(x) / count, channel_sum(x * x) / count
+
+
+def _moments_fwd(x):
+  return channel_moments(x), x
+
+
+def _moments_bwd(x, cotangents):
+  d_mean, d_mean2 = cotangents                                    # (C,) each
+  count = x.size // x.shape[-1]
+  return ((d_mean + 2 * x * d_mean2) / count,)
+
+
+channel_moments.defvjp(_moments_fwd, _moments_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def batch_normalize(x: Array, mean: Array, var: Array, scale: Array, bias: Array,
+                    epsilon: float) -> Array:
+  """(x - mean) · rsqrt(var + ε) · scale + bias over the last axis of x (flax's _normalize).
+
+  Its VJP takes the two per-channel sums over the batch it needs (Σ dy, Σ dy·x) as
+  `channel_sum` matmuls; everything else is elementwise.
+  """
+  return (x - mean) * (lax.rsqrt(var + epsilon) * scale) + bias
+
+
+def _normalize_fwd(x, mean, var, scale, bias, epsilon):
+  return batch_normalize(x, mean, var, scale, bias, epsilon), (x, mean, var, scale)
+
+
+def _normalize_bwd(epsilon, res, dy):
+  x, mean, var, scale = res
+  inv = lax.rsqrt(var + epsilon)                                  # (C,)
+  sum_dy = channel_sum(dy)                                        # Σ dy
+  centred = channel_sum(dy * x) - mean * sum_dy                   # Σ dy·(x - mean)
+  d_x = dy * (inv * scale)
+  d_mean = -inv * scale * sum_dy
+  d_var = -0.5 * scale * inv ** 3 * centred
+  return d_x, d_mean, d_var, inv * centred, sum_dy
+
+
+batch_normalize.defvjp(_normalize_fwd, _normalize_bwd)
+
+
+class BatchNorm(nn.Module):
+  """`flax.linen.BatchNorm` over the last axis (the same variables: params 'scale', 'bias';
+  batch_stats 'mean', 'var'), computed by `channel_moments` and `batch_normalize`.
+
+  Training mode: mean and var = E[x²] - E[x]² (clipped at 0) of this batch, averaged over
+  `axis_name` when given (synchronised BN), in float32 at least; running averages
+  momentum·old + (1 - momentum)·new, not updated while initialising. The gradient flows
+  through the batch statistics as in flax's (autodiff of the same functions; the pmean of
+  the statistics is differentiated by JAX itself).
+  """
+  use_running_average: bool | None = None
+  momentum: float = 0.99
+  epsilon: float = 1e-5
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x: Array, use_running_average: bool | None = None) -> Array:
+    use_running_average = nn.merge_param('use_running_average', self.use_running_average,
+                                         use_running_average)
+    features = (x.shape[-1],)
+    stats_dtype = jnp.promote_types(x.dtype, jnp.float32)
+    ra_mean = self.variable('batch_stats', 'mean', lambda s: jnp.zeros(s, stats_dtype),
+                            features)
+    ra_var = self.variable('batch_stats', 'var', lambda s: jnp.ones(s, stats_dtype), features)
+    scale = self.param('scale', nn.initializers.ones, features, self.param_dtype)
+    bias = self.param('bias', nn.initializers.zeros, features, self.param_dtype)
+    dtype = nn.dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
+    if use_running_average:
+      # A fixed affine map per channel: plain autodiff (no batch sums; under partial BN the
+      # frozen scale and bias get no gradient at all).
+      y = (x - ra_mean.value) * (lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
+      return jnp.asarray(y, dtype)
+    mean, mean2 = channel_moments(x.astype(stats_dtype))
+    if self.axis_name is not None and not self.is_initializing():
+      mean, mean2 = lax.pmean(jnp.stack([mean, mean2]), self.axis_name)
+    var = jnp.maximum(0.0, mean2 - mean * mean)
+    if not self.is_initializing():
+      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    return jnp.asarray(batch_normalize(x, mean, var, scale, bias, self.epsilon), dtype)
+
+
+# How a BatchNorm in training mode takes its per-channel sums over the batch (`batch_norm`).
+BN_BATCH_SUMS = ('matmul', 'reduce')
+
+
+def batch_norm(batch_sums: str, **kwargs) -> nn.Module:
+  """A BatchNorm module: 'matmul' -> `BatchNorm` (sums as ones-vector matmuls), 'reduce' ->
+  flax.linen.BatchNorm (XLA's reductions). Same variables and results either way."""
+  if batch_sums == 'matmul':
+    return BatchNorm(**kwargs)
+  if batch_sums == 'reduce':
+    return nn.BatchNorm(**kwargs)
+  raise ValueError(f'layers.py: bn_batch_sums={batch_sums!r}; expected one of {BN_BATCH_SUMS}')
 
 
 # ------------------------------------------------------------------------------------------

@@ -54,6 +54,7 @@ class STACNN(nn.Module):
     fc_init_std: init std of the classifiers `fc` and `aux_fc` (TSN: 0.001).
     dtype: compute dtype (e.g. jnp.bfloat16); params and BN statistics stay float32.
     bn_axis_name: BatchNorm axis name for synchronized statistics (e.g. 'batch').
+    bn_batch_sums: how the ACN's training-mode BNs sum over the batch (BNInception).
   """
   num_classes: int
   modality: str = 'rgb'
@@ -70,6 +71,7 @@ class STACNN(nn.Module):
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
   param_dtype: Any = jnp.float32
+  bn_batch_sums: str = 'matmul'
 
   def _check(self, x: Array) -> None:
     expected = input_channels(self.modality)
@@ -103,7 +105,7 @@ class STACNN(nn.Module):
     acn = BNInception(self.num_classes, self.dropout_rate, self.partial_bn,
                       self.bn_axis_name, self.dtype, self.param_dtype,
                       width_multiplier=self.width_multiplier, fc_init_std=self.fc_init_std,
-                      name='acn')
+                      bn_batch_sums=self.bn_batch_sums, name='acn')
     features = acn.features(x[..., :RGB_CHANNELS] if rgb else x, train)  # (N, K, K, D)
 
     attention = aux_logits = flow = None
