@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 
 import flax.linen as nn
 import jax
@@ -34,8 +33,7 @@ SHAPES = (('conv1 224px', 112, 64), ('conv2 224px', 56, 192), ('inception_3 224p
 
 
 def _median_ms(fn, args, reps: int) -> float:
-  jax.block_until_ready(fn(*args))
-  times = common.time_calls(lambda: jax.block_until_ready(fn(*args)), reps)
+  times = common.time_calls(lambda: jax.block_until_ready(fn(*args)), reps, warmup=1)
   return round(1e3 * statistics.median(times), 3)
 
 

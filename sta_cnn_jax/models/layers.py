@@ -68,6 +68,12 @@ def _pointwise_bwd(res, dy):
 pointwise_conv.defvjp(_pointwise_fwd, _pointwise_bwd)
 
 
+def channel_sum(x: Array) -> Array:
+  """x (..., C) summed over every axis but the last -> (C,), as a ones-vector matmul."""
+  flat = x.reshape(-1, x.shape[-1])
+  return (jnp.ones((1, flat.shape[0]), x.dtype) @ flat).reshape(x.shape[-1])
+
+
 @jax.custom_vjp
 def bias_add(y: Array, b: Array) -> Array:
   """y (..., C) + b (C,); the bias gradient is a ones-vector matmul of dy (see module doc)."""
@@ -79,18 +85,10 @@ def _bias_add_fwd(y, b):
 
 
 def _bias_add_bwd(_, dy):
-  flat = dy.reshape(-1, dy.shape[-1])
-  db = jnp.ones((1, flat.shape[0]), dy.dtype) @ flat
-  return dy, db.reshape(dy.shape[-1])
+  return dy, channel_sum(dy)
 
 
 bias_add.defvjp(_bias_add_fwd, _bias_add_bwd)
-
-
-def channel_sum(x: Array) -> Array:
-  """x (..., C) summed over every axis but the last -> (C,), as a ones-vector matmul."""
-  flat = x.reshape(-1, x.shape[-1])
-  return (jnp.ones((1, flat.shape[0]), x.dtype) @ flat).reshape(x.shape[-1])
 
 
 def conv2d(x: Array, w: Array, strides: Sequence[int], padding: Padding) -> Array:
@@ -155,6 +153,10 @@ def _moments_bwd(x, cotangents):
 channel_moments.defvjp(_moments_fwd, _moments_bwd)
 
 
+def _affine_normalize(x, mean, var, scale, bias, epsilon):
+  return (x - mean) * (lax.rsqrt(var + epsilon) * scale) + bias
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
 def batch_normalize(x: Array, mean: Array, var: Array, scale: Array, bias: Array,
                     epsilon: float) -> Array:
@@ -163,7 +165,7 @@ def batch_normalize(x: Array, mean: Array, var: Array, scale: Array, bias: Array
   Its VJP takes the two per-channel sums over the batch it needs (Σ dy, Σ dy·x) as
   `channel_sum` matmuls; everything else is elementwise.
   """
-  return (x - mean) * (lax.rsqrt(var + epsilon) * scale) + bias
+  return _affine_normalize(x, mean, var, scale, bias, epsilon)
 
 
 def _normalize_fwd(x, mean, var, scale, bias, epsilon):
@@ -216,7 +218,7 @@ class BatchNorm(nn.Module):
     if use_running_average:
       # A fixed affine map per channel: plain autodiff (no batch sums; under partial BN the
       # frozen scale and bias get no gradient at all).
-      y = (x - ra_mean.value) * (lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
+      y = _affine_normalize(x, ra_mean.value, ra_var.value, scale, bias, self.epsilon)
       return jnp.asarray(y, dtype)
     mean, mean2 = channel_moments(x.astype(stats_dtype))
     if self.axis_name is not None and not self.is_initializing():
