@@ -2,7 +2,7 @@ r"""Fidelity: a seeded miniature of the paper's Tables 1-3 and the two-stream fu
 
     python -m benchmarks.fidelity --out=DIR [--videos=DIR --splits=DIR [--boxes=FILE]]
         [--seeds=3] [--rows=baseline,tsn3,tam_ts3x3_3x1,sam_cnn3,sta_ts3x3_3x1] [--quick]
-        [--validation] [--steps=N] [--san_steps=N] [--jobs=N] [--report]
+        [--validation] [--steps=N] [--san_steps=N] [--crop_size=96] [--jobs=N] [--report]
 
 Does the implementation LEARN, and does each attention do what the paper says? Every row is
 trained from random weights with the miniature recipe of configs/demo.py (a narrow
@@ -15,6 +15,11 @@ Data: by default a synthetic set of `data_prep.synthetic` (`FIDELITY_DATASET`: 1
 training and 100 test videos, so one video is 1 point) written under DIR; or any dataset in the
 UCF101 layout (`--videos`, `--splits`; `--boxes` in the boxes.json format of data_prep.synthetic turns on
 the mechanism metrics, which are null without it).
+
+`--crop_size`: the square training / test crop in pixels (configs/demo.py CROP_SIZE, 96: the
+spatial attention grid is K = crop / 32 = 3); the synthetic frames are made at
+`configs.demo.frame_size(crop)` (4:3), so 128 gives K = 4 on frames of 128x170, the same scenes
+at a larger scale (about 1.8x the compute of 96).
 
 `--validation`: the test split is replaced by a validation split carved from the training
 groups (data_prep.validation_split). Recipes are chosen this way; the test split is for the
@@ -100,6 +105,8 @@ QUICK_SAN_STEPS = 100
 FIGURE_VIDEOS = 3
 # Seconds of each invocation on one --out (a resumed run has several), by its start time.
 WALL_FILE = 'wall_seconds.json'
+# BN-Inception's output stride: the attention grid of a crop of c px is K = c / 32.
+CROP_PER_CELL = 32
 ORDERING_METHOD = 'dcw'   # rows are compared on the paper's test-time method (Eq. 11)
 
 
@@ -115,7 +122,7 @@ def prepare_data(args: argparse.Namespace) -> dict:
     root = os.path.join(args.out, 'synthetic')
     if not os.path.isfile(os.path.join(root, synthetic.BOXES_FILE)):
       logging.info('writing the synthetic data set to %s', root)
-      frame_h, frame_w = miniature.FRAME_SIZE
+      frame_h, frame_w = miniature.frame_size(args.crop_size)
       synthetic.generate(root, size=(frame_w, frame_h), seed=args.data_seed,
                          object_fraction=miniature.OBJECT_FRACTION,
                          evidence_fraction=miniature.EVIDENCE_FRACTION, **FIDELITY_DATASET)
@@ -132,7 +139,7 @@ def prepare_data(args: argparse.Namespace) -> dict:
     splits, name = carved, 'shards_validation'
   shards = os.path.join(args.out, name)
   if not os.path.isfile(os.path.join(shards, input_pipeline.MANIFEST_NAME)):
-    frame_h, frame_w = miniature.FRAME_SIZE
+    frame_h, frame_w = miniature.frame_size(args.crop_size)
     prepare_lib.prepare(prepare_lib.PrepareOptions(
         out=shards, dataset='ucf101', videos=videos, splits=splits, split=1,
         modalities=STREAMS, flow=miniature.FLOW_METHOD, frame_width=frame_w,
@@ -345,6 +352,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   ap.add_argument('--steps', type=int, default=0, help='Override the training steps per run.')
   ap.add_argument('--san_steps', type=int, default=0,
                   help='Override the SAN pre-training steps (0: configs/demo.py).')
+  ap.add_argument('--crop_size', type=int, default=miniature.CROP_SIZE,
+                  help='Square crop in pixels; synthetic frames are made at '
+                       'configs.demo.frame_size(crop) (K = crop / 32).')
   ap.add_argument('--jobs', type=int, default=0,
                   help='Runs side by side, one core each (0: one per core on a CPU host, 1 on '
                        'an accelerator; sta_cnn_jax/job_pool.py).')
@@ -362,7 +372,8 @@ def train_all(args: argparse.Namespace, rows: Sequence[str], seeds: Sequence[int
   steps = args.steps or (QUICK_STEPS if args.quick else 0)
   san_steps = args.san_steps or (QUICK_SAN_STEPS if args.quick else 0)
   run_configs = {(m, r, seed): miniature.run_config(m, r, data['shards'], seed, steps,
-                                                   san_steps=san_steps)
+                                                   san_steps=san_steps,
+                                                   crop_size=args.crop_size)
                  for seed in seeds for r in rows for m in STREAMS}
   san_configs = experiment.san_pretraining_configs(run_configs)
   jobs = experiment.experiment_jobs(
@@ -412,7 +423,7 @@ def record_wall_seconds(out: str, started: float) -> dict[str, float]:
 
 
 def add_best_precisions(entries: Sequence[dict], out: str, shards: str,
-                        truth: Optional[dict]) -> None:
+                        truth: Optional[dict], crop_size: int = miniature.CROP_SIZE) -> None:
   """--report on a results.json written before the best-possible precisions existed: fills
   them in from each run's saved scores (its video ids) and the ground truth."""
   if truth is None:
@@ -420,7 +431,8 @@ def add_best_precisions(entries: Sequence[dict], out: str, shards: str,
   for e in entries:
     if e['modality'] == FUSION:
       continue
-    config = miniature.run_config(e['modality'], e['row'], shards, e['seed'])
+    config = miniature.run_config(e['modality'], e['row'], shards, e['seed'],
+                                  crop_size=crop_size)
     scores = os.path.join(run_dir(out, (e['modality'], e['row'], e['seed'])),
                           modalities.SCORES_FILE)
     if e.get('dcw_precision') is not None and e.get('dcw_best_precision') is None:
@@ -462,13 +474,13 @@ def main(argv: Sequence[str]) -> dict:
   os.makedirs(args.out, exist_ok=True)
   experiment.use_compilation_cache(args.out)  # seeds after the first skip compilation
   data = prepare_data(args)
-  truth = (mechanism.load_ground_truth(data['boxes'], miniature.FRAME_SIZE)
+  truth = (mechanism.load_ground_truth(data['boxes'], miniature.frame_size(args.crop_size))
            if data['boxes'] else None)
   if args.report:
     with open(os.path.join(args.out, 'results.json')) as f:
       previous = json.load(f)
     entries, epe = previous['entries'], previous['san_pretraining']
-    add_best_precisions(entries, args.out, data['shards'], truth)
+    add_best_precisions(entries, args.out, data['shards'], truth, args.crop_size)
     add_paired_outcomes(entries, args.out)
     rows = list(dict.fromkeys(e['row'] for e in entries))
     seeds = sorted({e['seed'] for e in entries})
@@ -493,10 +505,11 @@ def main(argv: Sequence[str]) -> dict:
             f"{len(data['classes'])} classes, seeds {seeds}, wall {wall / 60:.1f} min)\n\n"
             f"Command: `{command}`\n\n"
             f"Narrow BN-Inception (width x{miniature.WIDTH_MULTIPLIER}), "
-            f"{miniature.CROP_SIZE}px crops, from random weights: a miniature, not the paper's "
+            f"{args.crop_size}px crops (K = {args.crop_size // CROP_PER_CELL}), from random weights: a miniature, not the paper's "
             f"network. Rows compared on {ORDERING_METHOD.upper()} top-1. {spread}.")
   figure = accuracy_figure(summary, rows, args.out)
-  result = {'command': command, 'split': split, 'wall_seconds': round(wall, 1), 'runs': spread,
+  result = {'command': command, 'split': split, 'crop_size': args.crop_size,
+            'wall_seconds': round(wall, 1), 'runs': spread,
             'devices': [str(d) for d in jax.devices()], 'entries': entries,
             'summary': summary, 'orderings': checks, 'san_pretraining': epe,
             'figures': [figure]}

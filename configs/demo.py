@@ -23,7 +23,17 @@ from configs import base
 
 # Synthetic data set of data_prep.synthetic (the demo writes it to data_dir).
 DATA_DIR = 'demo_out/data'
-FRAME_SIZE = (96, 128)
+CROP_SIZE = 96
+# Frames are 4:3 (HxW) with the crop's height: (96, 128) for 96-px crops.
+FRAME_ASPECT = (3, 4)
+
+
+def frame_size(crop_size: int) -> tuple[int, int]:
+  """(H, W) of the synthetic frames for square crops of `crop_size` px (FRAME_ASPECT)."""
+  return crop_size, crop_size * FRAME_ASPECT[1] // FRAME_ASPECT[0]
+
+
+FRAME_SIZE = frame_size(CROP_SIZE)
 # The synthetic videos the demo and benchmarks/fidelity.py generate: object side / frame height
 # (data_prep.synthetic's default 0.15 is a 14-px object at 96 px, one the narrow network did not
 # learn to find from random weights in the miniature's step budget; see docs/miniature.md).
@@ -31,7 +41,6 @@ OBJECT_FRACTION = 0.25
 # data_prep.flow method of the miniature's shards: at 128x96 DIS FAST misses the 24-px object
 # (docs/miniature.md); 'dis_fine' follows it.
 FLOW_METHOD = 'dis_fine'
-CROP_SIZE = 96
 WIDTH_MULTIPLIER = 0.25
 # Narrow SAN: ten conv widths conv1 .. conv6_1 (FlowNetS: 64 ... 1024).
 SAN_WIDTHS = (16, 32, 32, 32, 64, 64, 64, 64, 128, 128)
@@ -130,14 +139,19 @@ def get_demo_config(arg: str = 'rgb,sta_ts3x3_3x1') -> ml_collections.ConfigDict
 
 
 def run_config(modality: str, row: str, data_dir: str, seed: int = 0, steps: int = 0,
-               demo: bool = False, san_steps: int = 0) -> ml_collections.ConfigDict:
+               demo: bool = False, san_steps: int = 0,
+               crop_size: int = 0) -> ml_collections.ConfigDict:
   """The config of one run of the demo (`demo=True`) or of benchmarks/fidelity.py: shards in
-  data_dir, a seed, optionally other step counts (training; SAN pre-training). The pre-trained
-  SAN of an RGB row with spatial attention is set when it exists
+  data_dir, a seed, optionally other step counts (training; SAN pre-training) and another crop
+  size (`crop_size`, frames of `frame_size(crop_size)`: 128 gives the K = 4 grid). The
+  pre-trained SAN of an RGB row with spatial attention is set when it exists
   (experiment.train_and_score's `san`)."""
   config = (get_demo_config if demo else get_config)(f'{modality},{row}')
   config.data_dir = data_dir
   config.seed = seed
+  if crop_size:
+    config.input.crop_size = crop_size
+    config.input.frame_size = frame_size(crop_size)
   if steps:
     config.num_train_steps = steps
   if san_steps:

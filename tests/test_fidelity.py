@@ -175,3 +175,16 @@ def test_report_fills_per_video_outcomes_of_streams_and_fusion_from_saved_scores
   assert entries[2]['ave_correct'] == fused['ave_correct']
   assert entries[2]['dcw_correct'] == fused['dcw_correct']
   assert entries[2]['test_videos'] == entries[0]['test_videos']
+
+
+def test_crop_size_switch_sets_crop_and_frames_together():
+  """--crop_size: the run configs crop `crop_size` px from 4:3 frames of its height (K = 4 at
+  128); the default is the miniature's 96-px crop of 96x128 frames."""
+  from configs import demo  # pylint: disable=g-import-not-at-top
+  default = demo.run_config('rgb', 'sta_ts3x3_3x1', '/shards')
+  assert (default.input.crop_size, tuple(default.input.frame_size)) == (96, (96, 128))
+  assert demo.FRAME_SIZE == (96, 128)
+  large = demo.run_config('flow', 'sta_ts3x3_3x1', '/shards', crop_size=128)
+  assert (large.input.crop_size, tuple(large.input.frame_size)) == (128, (128, 170))
+  assert fidelity.parse_args(['--out=x']).crop_size == 96
+  assert fidelity.parse_args(['--out=x', '--crop_size=128']).crop_size == 128
