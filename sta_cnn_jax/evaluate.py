@@ -83,6 +83,34 @@ def eval_step(variables, frames: jnp.ndarray, *, model, config: ml_collections.C
   return result
 
 
+def cell_logit_input_gradients(features_fn, fc_kernel: jnp.ndarray, x: jnp.ndarray,
+                               labels: jnp.ndarray) -> jnp.ndarray:
+  """|d (cell (i, j)'s true-class logit) / d x|, summed over x's channels, for every grid cell.
+
+  The cell's logit is the classifier applied to that cell's features alone (as 'cell_probs' of
+  `eval_step`, without the bias, which has no gradient): f_ij . w_label. The inputs are
+  independent in eval mode, so one backward pass per cell (K² of them, under vmap) gives the
+  gradients of all N inputs at once.
+
+  Args:
+    features_fn: x -> (N, K, K, D) grid features (e.g. the model's 'features' in eval mode).
+    fc_kernel: (D, C) classifier weights; x: (N, H, W, C_in) normalised inputs; labels: (N,).
+  Returns:
+    (N, K, K, H, W) float32 (mechanism.own_cell_gradient_share reads it).
+  """
+  def cell_logits(inputs):
+    weights = jnp.take(fc_kernel, labels, axis=1).T                          # (N, D)
+    return jnp.einsum('nhwd,nd->nhw', features_fn(inputs).astype(jnp.float32), weights)
+
+  logits, pullback = jax.vjp(cell_logits, x)                                   # (N, K, K)
+  n, k = logits.shape[:2]
+  one_hot = jnp.eye(k * k, dtype=logits.dtype).reshape(k * k, 1, k, k)
+  grads = jax.vmap(lambda ct: pullback(ct)[0])(
+      jnp.broadcast_to(one_hot, (k * k, n, k, k)))                             # (K², N, H, W, C)
+  grads = jnp.abs(grads.astype(jnp.float32)).sum(axis=-1)
+  return jnp.moveaxis(grads, 0, 1).reshape((n, k, k) + x.shape[1:3])
+
+
 def predict_segments(variables, batches: Iterable[dict], step, *,
                      keep_frames: int = 0) -> dict[str, np.ndarray]:
   """Runs `step` over eval batches; gathers per-video p(s_n), attention maps, ids and labels.

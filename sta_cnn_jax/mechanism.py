@@ -225,3 +225,31 @@ def cell_evidence(video_ids: Sequence[str], cell_probs: np.ndarray, labels: np.n
   return {'cell_accuracy_on_object': mean(on_hit), 'cell_accuracy_off_object': mean(off_hit),
           'cell_true_prob_on_object': mean(on_prob), 'cell_true_prob_off_object': mean(off_prob),
           'cell_pairs_on_object': len(on_hit), 'cell_pairs_off_object': len(off_hit)}
+
+
+def own_cell_gradient_share(grads: np.ndarray) -> dict[str, float]:
+  """How local is what a grid cell says? Share of a cell's input-gradient mass on its own pixels.
+
+  grads: (N, K, K, H, W) non-negative, |d (cell (i, j)'s output) / d (input pixel)| summed over
+  the input's channels (`evaluate.cell_logit_input_gradients`), for N inputs of H x W (H, W
+  multiples of K). For every cell, the gradient mass inside its own H/K x W/K square, and inside
+  the squares of the cells around it (Chebyshev distance <= 1, itself included), over its whole
+  gradient; means over inputs and cells. Chance (the gradient spread evenly over the input, as
+  when every cell pools the whole crop): 1 / K² and the neighbourhood's share of the area.
+  Near 1: a cell sees its own square (Weighted Spatial Pooling can choose WHERE to look); near
+  chance: every cell sees the whole crop, and moving attention between cells changes little.
+  """
+  n, k, _, h, w = grads.shape
+  ch, cw = h // k, w // k
+  g = np.asarray(grads, np.float64).reshape(n, k, k, k, ch, k, cw).sum(axis=(4, 6))
+  total = g.sum(axis=(3, 4))                                   # (N, K, K): each cell's mass
+  own, near, near_area = [], [], []
+  for i in range(k):
+    for j in range(k):
+      rows, cols = slice(max(i - 1, 0), i + 2), slice(max(j - 1, 0), j + 2)
+      own.append(g[:, i, j, i, j] / total[:, i, j])
+      near.append(g[:, i, j, rows, cols].sum(axis=(1, 2)) / total[:, i, j])
+      near_area.append(g[0, i, j, rows, cols].size / k ** 2)
+  return {'own_cell_share': float(np.mean(own)), 'own_cell_chance': 1.0 / k ** 2,
+          'neighbourhood_share': float(np.mean(near)),
+          'neighbourhood_chance': float(np.mean(near_area))}

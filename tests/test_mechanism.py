@@ -170,3 +170,51 @@ def test_cell_evidence_counts_the_centre_cell_and_untouched_cells():
   # Object outside the crop: nothing measured.
   out = mechanism.cell_evidence(["v"], probs, np.array([1]), truth, ref, (70, 0), 96)
   assert out["cell_accuracy_on_object"] is None and out["cell_pairs_off_object"] == 0
+
+
+def _cell_pool(x, k):
+  """(N, H, W, C) -> (N, K, K, C): each cell the mean of its own square (a local network)."""
+  n, h, w, c = x.shape
+  return x.reshape(n, k, h // k, k, w // k, c).mean(axis=(2, 4))
+
+
+def test_cell_gradients_and_own_share_closed_forms():
+  """A network whose cells pool their own squares: the gradient of cell (i, j)'s logit is
+  sum_d |w_d,label| / (H/K * W/K) on its square and 0 elsewhere (own share 1). One whose cells
+  all pool the whole input: the gradient is even (own share 1 / K², neighbourhood its area)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from sta_cnn_jax import evaluate  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  k, h, w, c, classes = 3, 12, 18, 2, 4
+  x = jnp.asarray(rng.normal(size=(2, h, w, c)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(c, classes)), jnp.float32)
+  labels = jnp.asarray([1, 3])
+  local = np.asarray(evaluate.cell_logit_input_gradients(lambda v: _cell_pool(v, k), kernel,
+                                                         x, labels))
+  assert local.shape == (2, k, k, h, w)
+  for n in range(2):
+    expected = np.abs(np.asarray(kernel)[:, int(labels[n])]).sum() / ((h // k) * (w // k))
+    for i in range(k):
+      for j in range(k):
+        square = np.zeros((h, w))
+        square[i * h // k:(i + 1) * h // k, j * w // k:(j + 1) * w // k] = expected
+        np.testing.assert_allclose(local[n, i, j], square, rtol=1e-5, atol=1e-7)
+  share = mechanism.own_cell_gradient_share(local)
+  assert share['own_cell_share'] == pytest.approx(1.0)
+  assert share['neighbourhood_share'] == pytest.approx(1.0)
+  whole = lambda v: jnp.broadcast_to(v.mean(axis=(1, 2))[:, None, None], (v.shape[0], k, k, c))
+  even = mechanism.own_cell_gradient_share(np.asarray(
+      evaluate.cell_logit_input_gradients(whole, kernel, x, labels)))
+  # Neighbourhoods on a 3x3 grid: 4 corners of 4 cells, 4 edges of 6, the centre of 9.
+  assert even['own_cell_share'] == pytest.approx(1 / 9, rel=1e-5)
+  assert even['own_cell_chance'] == pytest.approx(1 / 9)
+  assert even['neighbourhood_share'] == pytest.approx((4 * 4 + 4 * 6 + 9) / 81, rel=1e-5)
+  assert even['neighbourhood_chance'] == pytest.approx(even['neighbourhood_share'], rel=1e-5)
+
+
+def test_cell_receptive_field_names_the_missing_fidelity_folder(tmp_path):
+  from benchmarks import cell_receptive_field  # pylint: disable=g-import-not-at-top
+  with pytest.raises(FileNotFoundError, match='shards_validation or shards'):
+    cell_receptive_field.shards_of(str(tmp_path))
+  (tmp_path / 'shards').mkdir()
+  assert cell_receptive_field.shards_of(str(tmp_path)) == str(tmp_path / 'shards')
