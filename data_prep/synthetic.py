@@ -1,7 +1,8 @@
 r"""A small synthetic action dataset in the exact UCF101 on-disk layout.
 
     python -m data_prep.synthetic --out=DIR [--num_classes=6 --videos_per_class=12
-        --test_per_class=4 --frames=48 --size=128x96 --seed=0]
+        --test_per_class=4 --frames=48 --size=128x96 --seed=0 --object_fraction=0.15
+        --evidence_fraction=0.3]
 
 writes
     DIR/videos/<Class>/v_<Class>_gXX_cYY.avi      (MJPG AVI, decodes reliably with OpenCV)
@@ -401,7 +402,8 @@ def main(argv: Sequence[str]) -> None:
   f = flags.FLAGS
   width, height = (int(v) for v in f.size.lower().split("x"))
   info = generate(f.out, f.num_classes, f.videos_per_class, f.test_per_class, f.frames,
-                  (width, height), f.seed)
+                  (width, height), f.seed, object_fraction=f.object_fraction,
+                  evidence_fraction=f.evidence_fraction)
   print(f"wrote {len(info['videos'])} videos of {len(info['classes'])} classes to {f.out}")
 
 
@@ -413,4 +415,7 @@ if __name__ == "__main__":
   flags.DEFINE_integer("frames", DEFAULT_FRAMES, "Frames per video.")
   flags.DEFINE_string("size", "x".join(map(str, DEFAULT_SIZE)), "Source frame size WxH.")
   flags.DEFINE_integer("seed", 0, "Random seed.")
+  flags.DEFINE_float("object_fraction", OBJECT_FRACTION, "Object side / frame height.")
+  flags.DEFINE_float("evidence_fraction", EVIDENCE_FRACTION,
+                     "Fraction of the frames that show the object.")
   app.run(main)

@@ -132,10 +132,12 @@ def test_invalid_arguments(tmp_path):
 
 
 def test_command_line_matches_generate(tmp_path):
-  args = dict(num_classes=2, videos_per_class=2, test_per_class=1, frames=4, size=(32, 24), seed=7)
+  args = dict(num_classes=2, videos_per_class=2, test_per_class=1, frames=4, size=(32, 24), seed=7,
+              object_fraction=0.3, evidence_fraction=0.5)
   subprocess.run([sys.executable, "-m", "data_prep.synthetic", f"--out={tmp_path / 'cli'}",
                   "--num_classes=2", "--videos_per_class=2", "--test_per_class=1", "--frames=4",
-                  "--size=32x24", "--seed=7"], check=True, capture_output=True,
+                  "--size=32x24", "--seed=7", "--object_fraction=0.3", "--evidence_fraction=0.5"],
+                 check=True, capture_output=True,
                  cwd=pathlib.Path(__file__).resolve().parents[1])
   synthetic.generate(tmp_path / "api", **args)
   def files(root):
