@@ -67,10 +67,10 @@ def measure(out: str, modality: str, row: str, seed: int, crop_size: int, segmen
     seen += len(frames)
     if seen >= videos:
       break
-  mean = {key: float(np.mean([s[key] for s in shares])) for key in shares[0]}
+  mean = {key: float(np.mean([s[key] for s in shares])) for key in shares[0] if key != 'grid'}
   return {'bench': 'cell_receptive_field', 'row': row, 'modality': modality, 'seed': seed,
-          'crop_size': crop_size, 'grid': crop_size // fidelity.CROP_PER_CELL,
-          'videos': seen, 'snippets': seen * segments, **mean}
+          'crop_size': crop_size, 'grid': shares[0]['grid'], 'videos': seen,
+          'snippets': seen * segments, **mean}
 
 
 def main(argv: Sequence[str]) -> None:

@@ -144,8 +144,15 @@ def prepare_data(args: argparse.Namespace) -> dict:
         out=shards, dataset='ucf101', videos=videos, splits=splits, split=1,
         modalities=STREAMS, flow=miniature.FLOW_METHOD, frame_width=frame_w,
         frame_height=frame_h, workers=os.cpu_count() or 1))
-  classes = input_pipeline.dataset_info(shards)['classes']
-  return {'shards': shards, 'boxes': boxes, 'classes': classes}
+  info = input_pipeline.dataset_info(shards)
+  expected = miniature.frame_size(args.crop_size)
+  if info['frame_size'] and tuple(info['frame_size']) != expected:
+    raise ValueError(
+        f'fidelity.py: {os.path.join(shards, input_pipeline.MANIFEST_NAME)} holds frames of '
+        f'{tuple(info["frame_size"])} (H, W), prepared for another --crop_size; '
+        f'--crop_size={args.crop_size} needs {expected}: pass the crop this --out was made with, '
+        f'or use another --out')
+  return {'shards': shards, 'boxes': boxes, 'classes': info['classes']}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -505,8 +512,9 @@ def main(argv: Sequence[str]) -> dict:
             f"{len(data['classes'])} classes, seeds {seeds}, wall {wall / 60:.1f} min)\n\n"
             f"Command: `{command}`\n\n"
             f"Narrow BN-Inception (width x{miniature.WIDTH_MULTIPLIER}), "
-            f"{args.crop_size}px crops (K = {args.crop_size // CROP_PER_CELL}), from random weights: a miniature, not the paper's "
-            f"network. Rows compared on {ORDERING_METHOD.upper()} top-1. {spread}.")
+            f"{args.crop_size}px crops (K = {args.crop_size // CROP_PER_CELL}), from random "
+            f"weights: a miniature, not the paper's network. Rows compared on "
+            f"{ORDERING_METHOD.upper()} top-1. {spread}.")
   figure = accuracy_figure(summary, rows, args.out)
   result = {'command': command, 'split': split, 'crop_size': args.crop_size,
             'wall_seconds': round(wall, 1), 'runs': spread,

@@ -250,6 +250,6 @@ def own_cell_gradient_share(grads: np.ndarray) -> dict[str, float]:
       own.append(g[:, i, j, i, j] / total[:, i, j])
       near.append(g[:, i, j, rows, cols].sum(axis=(1, 2)) / total[:, i, j])
       near_area.append(g[0, i, j, rows, cols].size / k ** 2)
-  return {'own_cell_share': float(np.mean(own)), 'own_cell_chance': 1.0 / k ** 2,
+  return {'grid': k, 'own_cell_share': float(np.mean(own)), 'own_cell_chance': 1.0 / k ** 2,
           'neighbourhood_share': float(np.mean(near)),
           'neighbourhood_chance': float(np.mean(near_area))}

@@ -188,3 +188,21 @@ def test_crop_size_switch_sets_crop_and_frames_together():
   assert (large.input.crop_size, tuple(large.input.frame_size)) == (128, (128, 170))
   assert fidelity.parse_args(['--out=x']).crop_size == 96
   assert fidelity.parse_args(['--out=x', '--crop_size=128']).crop_size == 128
+
+
+def test_an_out_prepared_at_another_crop_stops_with_both_frame_sizes(tmp_path):
+  """Resuming (or --report on) an --out whose shards were made for 128-px crops with the
+  default 96 would pair 128x170 frames with 96x128 ground truth: a clear error instead, naming
+  the manifest; the matching crop goes through."""
+  import json  # pylint: disable=g-import-not-at-top
+  from sta_cnn_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  shards = tmp_path / 'shards'
+  shards.mkdir()
+  (shards / input_pipeline.MANIFEST_NAME).write_text(json.dumps(
+      {'classes': ['A', 'B'], 'frame_size': [128, 170], 'modalities': ['rgb', 'flow']}))
+  argv = [f'--out={tmp_path}', f'--videos={tmp_path}', f'--splits={tmp_path}']
+  with pytest.raises(ValueError, match=r'manifest\.json holds frames of \(128, 170\).*'
+                                       r'--crop_size=96 needs \(96, 128\)'):
+    fidelity.prepare_data(fidelity.parse_args(argv))
+  data = fidelity.prepare_data(fidelity.parse_args(argv + ['--crop_size=128']))
+  assert data['classes'] == ['A', 'B'] and data['shards'] == str(shards)

@@ -200,6 +200,7 @@ def test_cell_gradients_and_own_share_closed_forms():
         square[i * h // k:(i + 1) * h // k, j * w // k:(j + 1) * w // k] = expected
         np.testing.assert_allclose(local[n, i, j], square, rtol=1e-5, atol=1e-7)
   share = mechanism.own_cell_gradient_share(local)
+  assert share['grid'] == k
   assert share['own_cell_share'] == pytest.approx(1.0)
   assert share['neighbourhood_share'] == pytest.approx(1.0)
   whole = lambda v: jnp.broadcast_to(v.mean(axis=(1, 2))[:, None, None], (v.shape[0], k, k, c))

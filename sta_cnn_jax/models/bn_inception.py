@@ -228,7 +228,8 @@ class BNInception(nn.Module):
           features, (k, k), (stride, stride), padding=((pad, pad), (pad, pad)),
           use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
       bns[name] = layers.batch_norm(
-          self.bn_batch_sums, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, axis_name=self.bn_axis_name,
+          self.bn_batch_sums, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+          axis_name=self.bn_axis_name,
           dtype=self.dtype, param_dtype=self.param_dtype, name=name + BN_SUFFIX)
     self.convs, self.bns = convs, bns
     self.dropout = nn.Dropout(self.dropout_rate)
